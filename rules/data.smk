@@ -1,0 +1,35 @@
+# Data: the generated demo world and one manifest table per split.
+
+
+rule generate_demo_world:
+    output:
+        directory(f"{OUT}/demo_world"),
+    log:
+        f"{OUT}/logs/generate_demo_world.log",
+    benchmark:
+        f"{OUT}/benchmarks/generate_demo_world.tsv"
+    conda:
+        "../envs/wsss.yaml"
+    params:
+        world=config["demo_world"],
+        code=code_version("demo_world"),
+    script:
+        "../workflow_scripts/generate_demo_world.py"
+
+
+rule manifest:
+    input:
+        dataset_input,
+    output:
+        f"{OUT}/manifests/{{split}}.tsv",
+    log:
+        f"{OUT}/logs/manifest/{{split}}.log",
+    conda:
+        "../envs/wsss.yaml"
+    params:
+        dataset=DATASET,
+        on_unlabeled=config["labels"]["on_unlabeled"],
+        expected_rows=lambda wc: support.count_images(config, DATASET, wc.split),
+        code=code_version("datasets", "classes"),
+    script:
+        "../workflow_scripts/manifest.py"

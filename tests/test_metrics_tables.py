@@ -1,0 +1,55 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from wsss.metrics import confusion_matrix, scores
+from wsss.shards import shard_names, shard_rows
+from wsss.tables import summarize, write_metrics, write_per_class
+
+
+def test_confusion_ignores_255_and_miou_skips_absent_classes():
+    gt = np.array([[0, 0, 1, 255], [1, 1, 0, 255]], np.uint8)
+    pred = np.array([[0, 1, 1, 2], [1, 1, 0, 0]], np.uint8)
+    hist = confusion_matrix(gt, pred, 3)
+    assert hist.sum() == 6
+    result = scores(hist)
+    # class 0: tp 2, fp 0, fn 1 -> 2/3; class 1: tp 3, fp 1, fn 0 -> 3/4; class 2 absent from GT -> excluded
+    assert result["iou"][0] == pytest.approx(2 / 3)
+    assert result["iou"][1] == pytest.approx(3 / 4)
+    assert np.isnan(result["iou"][2])
+    assert result["miou"] == pytest.approx((2 / 3 + 3 / 4) / 2)
+    assert result["pixel_accuracy"] == pytest.approx(5 / 6)
+
+
+def test_confusion_rejects_out_of_range_predictions_and_shape_mismatch():
+    with pytest.raises(ValueError, match="outside"):
+        confusion_matrix(np.zeros((2, 2)), np.full((2, 2), 5), 3)
+    with pytest.raises(ValueError, match="shape"):
+        confusion_matrix(np.zeros((2, 2)), np.zeros((2, 3)), 3)
+
+
+def test_shards_cover_all_rows_once():
+    names = shard_names(10, 4)
+    assert names == ["00000", "00001", "00002"]
+    table = pd.DataFrame({"image_id": [f"i{k}" for k in range(10)]})
+    ids = [i for name in names for i in shard_rows(table, name, 4)["image_id"]]
+    assert ids == list(table["image_id"])
+    with pytest.raises(ValueError, match="outside"):
+        shard_rows(table, "00003", 4)
+    with pytest.raises(ValueError, match="shard_size"):
+        shard_names(3, 0)
+
+
+def test_metric_rows_and_summary(tmp_path):
+    write_metrics(tmp_path / "a.csv", [{"method": "clip-es", "stage": "cam", "split": "train", "metric": "miou", "value": 0.5}])
+    write_metrics(tmp_path / "b.csv", [{"method": "clip-es", "stage": "crf", "split": "train", "metric": "miou", "value": 0.6}])
+    with pytest.raises(ValueError, match="unknown"):
+        write_metrics(tmp_path / "c.csv", [{"method": "m", "stage": "s", "split": "t", "metric": "x", "value": 1, "extra": 2}])
+    table = summarize([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "summary.csv", tmp_path / "summary.md")
+    assert list(table["stage"]) == ["cam", "crf"]
+    assert pd.read_csv(tmp_path / "summary.csv")["value"].tolist() == [0.5, 0.6]
+    assert "| clip-es | crf | train | miou | 0.6000 |" in (tmp_path / "summary.md").read_text()
+    per_class = write_per_class(tmp_path / "pc.csv", ["background", "cat"], {"cam_train": np.array([0.9, np.nan])})
+    assert per_class.shape == (2, 2)
+    with pytest.raises(ValueError, match="2 classes"):
+        write_per_class(tmp_path / "pc.csv", ["background", "cat"], {"x": np.array([1.0])})

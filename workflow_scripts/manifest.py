@@ -1,0 +1,14 @@
+"""Rule manifest: one table per split (image id, path, size, labels, ground truth)."""
+
+from wsss.logs import logged
+from wsss.stages.data import write_split_manifest
+
+with logged(snakemake.log[0]):
+    write_split_manifest(
+        snakemake.config,
+        snakemake.params.dataset,
+        snakemake.wildcards.split,
+        snakemake.output[0],
+        snakemake.params.on_unlabeled,
+        snakemake.params.expected_rows,
+    )

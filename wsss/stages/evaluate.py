@@ -1,0 +1,189 @@
+"""Evaluation stages: CAMs, pseudo masks and segmenter predictions against ground truth."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from wsss.classes import dataset_vocabulary
+from wsss.datasets import read_manifest
+from wsss.h5store import get_image, image_ids, open_stage
+from wsss.metrics import confusion_matrix, scores
+from wsss.tables import write_metrics, write_per_class
+
+log = logging.getLogger(__name__)
+
+
+def read_gt(path: str | Path) -> np.ndarray:
+    """Ground-truth label map as stored (palette indices or single-channel values; 255 = ignore)."""
+    with Image.open(path) as image:
+        if image.mode not in ("P", "L"):
+            raise ValueError(f"{path}: ground truth must be a palette or single-channel PNG, got mode {image.mode}")
+        return np.array(image)
+
+
+def cam_labels(cams: np.ndarray, keys: np.ndarray, size: tuple[int, int], alpha: float) -> np.ndarray:
+    """Label map from patch-resolution CAMs: bilinear upsampling, background (1 - max)^alpha, argmax."""
+    from wsss.crf import upsample_cams
+
+    full = upsample_cams(cams, size, faithful=True).astype(np.float32)
+    background = (1.0 - full.max(axis=0, initial=0.0)) ** alpha
+    values = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1])
+    return values[np.argmax(np.concatenate([background[None], full]), axis=0)].astype(np.uint8)
+
+
+def iter_shard_images(paths: Sequence[str | Path], locking: Any = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (image id, stored arrays) over a list of shard files, reading one image at a time."""
+    for path in paths:
+        with open_stage(path, locking) as handle:
+            for image_id in image_ids(handle):
+                yield image_id, get_image(handle, image_id)
+
+
+def _eval_targets(manifest_paths: Sequence[str | Path]) -> dict[str, dict[str, str]]:
+    """For each evaluated split: image id -> GT path, with a clear error for images without GT."""
+    targets = {}
+    for path in manifest_paths:
+        split = Path(path).stem
+        table = read_manifest(path)
+        table = table[table["skip_reason"] == ""]
+        missing = table[table["gt_path"] == ""]
+        if len(missing):
+            raise FileNotFoundError(
+                f"split {split!r}: {len(missing)} images have no ground truth (e.g. {missing['image_id'].iloc[0]}); "
+                "for VOC train_aug this needs SegmentationClassAug"
+            )
+        targets[split] = dict(zip(table["image_id"], table["gt_path"]))
+    return targets
+
+
+def _rows_and_columns(method: str, stage: str, split: str, hist: np.ndarray, prefix: str) -> tuple[list[dict], dict]:
+    result = scores(hist)
+    rows = [
+        {"method": method, "stage": stage, "split": split, "metric": metric, "value": result[metric]}
+        for metric in ("miou", "pixel_accuracy", "mean_accuracy", "fwiou")
+    ]
+    return rows, {f"{prefix}{split}": result["iou"]}
+
+
+def evaluate_cams(
+    cam_files: Sequence[str | Path],
+    caa_files: Sequence[str | Path],
+    manifest_paths: Sequence[str | Path],
+    config: Mapping[str, Any],
+    dataset: Mapping[str, Any],
+    alphas: Sequence[float],
+    method: str,
+    metrics_path: str | Path,
+    per_class_path: str | Path,
+    locking: Any = None,
+) -> None:
+    """mIoU of initial, refined and ablation CAMs on each evaluated split, for every background exponent."""
+    classes = dataset_vocabulary(config, dataset).classes
+    n_class = len(classes) + 1
+    targets = _eval_targets(manifest_paths)
+    hists: dict[tuple[str, str, float], np.ndarray] = {}
+    found = {split: 0 for split in targets}
+
+    def accumulate(files: Sequence[str | Path], fields: Mapping[str, str]) -> None:
+        for image_id, stored in iter_shard_images(files, locking):
+            wanted = [split for split, ids in targets.items() if image_id in ids]
+            if not wanted:
+                continue
+            size = (int(stored["height"]), int(stored["width"]))
+            gt = None
+            for field, stage in fields.items():
+                if field not in stored:
+                    continue
+                for alpha in alphas:
+                    pred = cam_labels(stored[field], stored["keys"], size, alpha)
+                    for split in wanted:
+                        gt = read_gt(targets[split][image_id]) if gt is None else gt
+                        key = (stage, split, alpha)
+                        hists[key] = hists.get(key, 0) + confusion_matrix(gt, pred, n_class)
+            if "cam" in fields:
+                for split in wanted:
+                    found[split] += 1
+
+    accumulate(cam_files, {"cam": "cam", "cam_logit": "cam_gradcam_logit", "cam_softmax_nobg": "cam_softmax_no_bg"})
+    accumulate(caa_files, {"cam": "cam_caa"})
+    for split, ids in targets.items():
+        if found[split] != len(ids):
+            raise ValueError(f"split {split!r}: {len(ids)} labelled images, but only {found[split]} have CAMs "
+                             "(cam_eval splits must be subsets of splits.pseudo)")
+    rows, columns = [], {}
+    for (stage, split, alpha), hist in sorted(hists.items()):
+        stage_rows, stage_columns = _rows_and_columns(method, f"{stage}_alpha{alpha:g}", split, hist, f"{stage}_alpha{alpha:g}_")
+        rows += stage_rows
+        columns.update(stage_columns)
+        log.info("%s alpha=%g on %s: mIoU %.4f", stage, alpha, split, stage_rows[0]["value"])
+    write_metrics(metrics_path, rows)
+    write_per_class(per_class_path, ["background", *classes], columns)
+
+
+def evaluate_label_maps(
+    files: Sequence[str | Path],
+    manifest_paths: Sequence[str | Path],
+    config: Mapping[str, Any],
+    dataset: Mapping[str, Any],
+    method: str,
+    stage_fields: Mapping[str, str],
+    metrics_path: str | Path,
+    per_class_path: str | Path,
+    confidence_threshold: float | None = None,
+    locking: Any = None,
+) -> dict[tuple[str, str], dict]:
+    """Score stored label maps (``stage_fields``: dataset name -> stage name) on each evaluated split.
+
+    With a confidence threshold (pseudo masks), also report the ignored fraction and the accuracy of
+    confident pixels against all pixels.
+    """
+    classes = dataset_vocabulary(config, dataset).classes
+    n_class = len(classes) + 1
+    targets = _eval_targets(manifest_paths)
+    hists: dict[tuple[str, str], np.ndarray] = {}
+    confident = {split: np.zeros(2, dtype=np.int64) for split in targets}  # (correct, total) on confident pixels
+    ignored = {split: np.zeros(2, dtype=np.int64) for split in targets}  # (ignored, scored) pixels
+    found = {split: 0 for split in targets}
+    for image_id, stored in iter_shard_images(files, locking):
+        wanted = [split for split, ids in targets.items() if image_id in ids]
+        if not wanted:
+            continue
+        for split in wanted:
+            found[split] += 1
+            gt = read_gt(targets[split][image_id])
+            for field, stage in stage_fields.items():
+                hists[(stage, split)] = hists.get((stage, split), 0) + confusion_matrix(gt, stored[field], n_class)
+            if confidence_threshold is not None:
+                scored = gt < n_class
+                sure = scored & (stored["confidence"] >= np.float16(confidence_threshold))
+                labels = stored[next(iter(stage_fields))]
+                confident[split] += [int((labels[sure] == gt[sure]).sum()), int(sure.sum())]
+                ignored[split] += [int((scored & ~sure).sum()), int(scored.sum())]
+    for split, ids in targets.items():
+        if found[split] != len(ids):
+            raise ValueError(f"split {split!r}: {len(ids)} labelled images, but {found[split]} have stored label maps")
+    rows, columns, results = [], {}, {}
+    for (stage, split), hist in sorted(hists.items()):
+        stage_rows, stage_columns = _rows_and_columns(method, stage, split, hist, f"{stage}_")
+        rows += stage_rows
+        columns.update(stage_columns)
+        results[(stage, split)] = scores(hist)
+        log.info("%s on %s: mIoU %.4f", stage, split, stage_rows[0]["value"])
+        if confidence_threshold is not None:
+            correct, total = confident[split]
+            n_ignored, n_scored = ignored[split]
+            rows += [
+                {"method": method, "stage": stage, "split": split, "metric": "confident_pixel_accuracy",
+                 "value": correct / total if total else float("nan")},
+                {"method": method, "stage": stage, "split": split, "metric": "ignored_fraction",
+                 "value": n_ignored / n_scored if n_scored else float("nan")},
+            ]
+    write_metrics(metrics_path, rows)
+    write_per_class(per_class_path, ["background", *classes], columns)
+    return results

@@ -1,0 +1,76 @@
+"""Parse-time helpers for the Snakefile: semantic config checks, dataset settings and shard counts.
+
+Kept in the package (not in rules/common.smk) so they are unit-tested; nothing here imports snakemake.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from wsss.datasets import split_ids
+from wsss.shards import shard_names
+
+
+class ConfigError(ValueError):
+    """A config value that passes the schema but cannot work; the message names the key."""
+
+
+_REQUIRED_DATASET_KEYS = {
+    "voc": ("root",),
+    "coco": ("splits",),
+    "custom": ("splits", "class_list"),
+    "demo": (),
+}
+_DEMO_SPLITS = {"train": "n_train", "val": "n_val", "clip_pretrain": "n_clip"}
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """Checks the JSON schema cannot express; raise ConfigError naming the key."""
+    dataset = config["dataset"]
+    for key in _REQUIRED_DATASET_KEYS[dataset["kind"]]:
+        if not dataset.get(key):
+            raise ConfigError(f"dataset.{key} is required when dataset.kind is {dataset['kind']!r}")
+    if dataset["kind"] == "demo":
+        demo = config.get("demo_world", {})
+        if demo.get("min_size", 88) > demo.get("max_size", 120):
+            raise ConfigError("demo_world.min_size must not exceed demo_world.max_size")
+        for key in ("pseudo", "segmenter_eval"):
+            split = config["splits"].get(key)
+            if split is not None and split not in _DEMO_SPLITS:
+                raise ConfigError(f"splits.{key}: the demo world has splits {sorted(_DEMO_SPLITS)}, not {split!r}")
+    template = config.get("text", {}).get("template", "a clean origami {}.")
+    if template != "auto" and "{}" not in template:
+        raise ConfigError(f"text.template must contain '{{}}' or be 'auto', got {template!r}")
+    if config["clip"]["model"] == "demo" and config["clip"].get("pretrained"):
+        raise ConfigError("clip.pretrained must be null when clip.model is 'demo' (the pipeline trains it)")
+    if config["clip"]["model"] != "demo" and not config["clip"].get("pretrained"):
+        raise ConfigError(
+            f"clip.pretrained is required for clip.model {config['clip']['model']!r}: "
+            "an open_clip tag such as 'openai' or a local checkpoint path"
+        )
+    layers = config.get("cam", {}).get("attn_layers", [-8, None])
+    if layers[0] is not None and layers[1] is not None and layers[0] >= layers[1] and layers[1] > 0:
+        raise ConfigError(f"cam.attn_layers {layers} selects no block")
+
+
+def dataset_settings(config: Mapping[str, Any], out_dir: str) -> dict[str, Any]:
+    """The dataset section with derived values filled in (the demo world's root lives under results/)."""
+    dataset = dict(config["dataset"])
+    if dataset["kind"] == "demo":
+        dataset["root"] = f"{out_dir}/demo_world"
+    return dataset
+
+
+def count_images(config: Mapping[str, Any], dataset: Mapping[str, Any], split: str) -> int:
+    """Number of manifest rows of a split, known before any rule runs (no checkpoints needed)."""
+    if dataset["kind"] == "demo":
+        if split not in _DEMO_SPLITS:
+            raise ConfigError(f"the demo world has no split {split!r} (it has {sorted(_DEMO_SPLITS)})")
+        return int(config["demo_world"][_DEMO_SPLITS[split]])
+    return len(split_ids(dataset, split))
+
+
+def shards_of(config: Mapping[str, Any], dataset: Mapping[str, Any], split: str) -> list[str]:
+    """Shard names of a split at the configured shard size."""
+    return shard_names(count_images(config, dataset, split), config["shard_size"])
