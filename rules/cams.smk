@@ -28,7 +28,7 @@ rule cams:
         cam=config["cam"],
         shard_size=config["shard_size"],
         hdf5=config["hdf5"],
-        code=code_version("gradcam", "clip_model", "h5store", "stages/cams"),
+        code=code_version("gradcam", "clip_model", "h5store", "stages/cams", "stages/devices"),
     script:
         "../workflow_scripts/cams.py"
 

@@ -28,8 +28,8 @@ def dataset_vocabulary(config: Mapping[str, Any], dataset: Mapping[str, Any]) ->
     elif kind in ("voc", "coco"):
         from wsss.text_features import load_class_lists
 
-        lists = load_class_lists()[kind]
-        classes, prompts, background = lists["class_names"], lists["prompt_names"], lists["background"]
+        lists = load_class_lists()
+        classes, prompts, background = lists[f"{kind}_classes"], lists[f"{kind}_synonyms"], lists[f"{kind}_bg"]
     elif kind == "custom":
         classes = read_class_list(dataset["class_list"])
         prompts, background = list(classes), []

@@ -90,7 +90,7 @@ def evaluate_cams(
     hists: dict[tuple[str, str, float], np.ndarray] = {}
     found = {split: 0 for split in targets}
 
-    def accumulate(files: Sequence[str | Path], fields: Mapping[str, str]) -> None:
+    def accumulate(files: Sequence[str | Path], fields: Mapping[str, str], count: bool) -> None:
         for image_id, stored in iter_shard_images(files, locking):
             wanted = [split for split, ids in targets.items() if image_id in ids]
             if not wanted:
@@ -106,12 +106,13 @@ def evaluate_cams(
                         gt = read_gt(targets[split][image_id]) if gt is None else gt
                         key = (stage, split, alpha)
                         hists[key] = hists.get(key, 0) + confusion_matrix(gt, pred, n_class)
-            if "cam" in fields:
+            if count:
                 for split in wanted:
                     found[split] += 1
 
-    accumulate(cam_files, {"cam": "cam", "cam_logit": "cam_gradcam_logit", "cam_softmax_nobg": "cam_softmax_no_bg"})
-    accumulate(caa_files, {"cam": "cam_caa"})
+    accumulate(cam_files, {"cam": "cam", "cam_logit": "cam_gradcam_logit", "cam_softmax_nobg": "cam_softmax_no_bg"},
+               count=True)
+    accumulate(caa_files, {"cam": "cam_caa"}, count=False)
     for split, ids in targets.items():
         if found[split] != len(ids):
             raise ValueError(f"split {split!r}: {len(ids)} labelled images, but only {found[split]} have CAMs "
@@ -187,3 +188,31 @@ def evaluate_label_maps(
     write_metrics(metrics_path, rows)
     write_per_class(per_class_path, ["background", *classes], columns)
     return results
+
+
+def evaluate_predictions(
+    prediction_files: Sequence[str | Path],
+    manifest_path: str | Path,
+    config: Mapping[str, Any],
+    dataset: Mapping[str, Any],
+    method: str,
+    metrics_path: str | Path,
+    per_class_path: str | Path,
+    per_class_md_path: str | Path,
+    locking: Any = None,
+) -> None:
+    """Segmenter mIoU with and without test-time CRF; per-class IoU as CSV and Markdown."""
+    with open_stage(prediction_files[0], locking) as handle:
+        first = handle[image_ids(handle)[0]]
+        fields = {"labels": "segmenter", **({"labels_crf": "segmenter_crf"} if "labels_crf" in first else {})}
+    evaluate_label_maps(prediction_files, [manifest_path], config, dataset, method, fields, metrics_path,
+                        per_class_path, locking=locking)
+    import pandas as pd
+
+    table = pd.read_csv(per_class_path)
+    header = "| " + " | ".join(table.columns) + " |"
+    lines = [header, "|" + "---|" * len(table.columns)]
+    for row in table.itertuples(index=False):
+        cells = [row[0]] + [f"{100 * v:.1f}" if v == v else "–" for v in row[1:]]
+        lines.append("| " + " | ".join(str(c) for c in cells) + " |")
+    Path(per_class_md_path).write_text("IoU (%) per class\n\n" + "\n".join(lines) + "\n")

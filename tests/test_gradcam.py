@@ -1,0 +1,199 @@
+"""Tests for wsss.gradcam: softmax-GradCAM against per-class loops, independent autograd and the analytic gradient."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from wsss.clip_model import build_clip, encode_image_tokens, image_embedding_from_last_block
+from wsss.gradcam import cam_from_activations, layer_mean_attention, minmax_normalize, softmax_gradcam
+
+TINY = {
+    "embed_dim": 32,
+    "quick_gelu": True,
+    "vision_cfg": {"image_size": 64, "layers": 3, "width": 64, "patch_size": 16, "head_width": 16},
+    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 1},
+}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    m = build_clip(copy.deepcopy(TINY)).eval().requires_grad_(False)
+    # a smaller logit scale keeps the random model's softmax away from saturation
+    m.logit_scale.fill_(2.0)
+    return m
+
+
+@pytest.fixture(scope="module")
+def texts():
+    g = torch.Generator().manual_seed(1)
+    fg = F.normalize(torch.randn(3, 32, generator=g), dim=-1)
+    bg = F.normalize(torch.randn(5, 32, generator=g), dim=-1)
+    return fg, bg
+
+
+def _reference_cam(model, image, text, k, score):
+    """From-scratch GradCAM using only open_clip's own modules, one autograd pass per class."""
+    visual = model.visual
+    blocks = visual.transformer.resblocks
+    with torch.no_grad():
+        z = visual._embeds(image[None])  # native size: open_clip's own embedding
+        for blk in blocks[:-1]:
+            z = blk(z)
+    last = blocks[-1]
+    cams = []
+    for c in range(k):
+        a = last.ln_1(z).detach().requires_grad_(True)
+        x = z + last.attn(a, a, a, need_weights=False)[0]
+        x = x + last.mlp(last.ln_2(x))
+        f = visual.ln_post(x)[:, 1:].mean(1) @ visual.proj
+        f = f / f.norm(dim=-1, keepdim=True)
+        y = model.logit_scale.exp() * f @ text.t()
+        s = y.softmax(-1) if score == "softmax" else y
+        (g,) = torch.autograd.grad(s[0, c], a)
+        alpha = g[0, 1:].mean(0)
+        cam = torch.relu((a[0, 1:].detach() * alpha).sum(-1)).reshape(4, 4)
+        cam = cam - cam.min()
+        cams.append(cam / (cam.max() + 1e-7))
+    return torch.stack(cams)
+
+
+@pytest.mark.parametrize("score", ["softmax", "logit"])
+def test_matches_independent_per_class_autograd(model, texts, score):
+    fg, bg = texts
+    image = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(2))
+    res = softmax_gradcam(model, image, fg, bg, score=score)
+    ref = _reference_cam(model, image, torch.cat([fg, bg]), 3, score)
+    assert res.cams.dtype == torch.float32 and res.cams.shape == (3, 4, 4)
+    assert torch.allclose(res.cams, ref, atol=1e-4)
+
+
+def test_batched_backward_equals_per_class_loop(model, texts):
+    fg, bg = texts
+    image = torch.randn(3, 48, 80, generator=torch.Generator().manual_seed(3))
+    res = softmax_gradcam(model, image, fg, bg)
+    tokens, _ = encode_image_tokens(model, image[None], upto_block=2)
+    text = torch.cat([fg, bg])
+    loop = []
+    for c in range(3):
+        emb, ln1, _ = image_embedding_from_last_block(model, tokens)
+        f = emb / emb.norm(dim=-1, keepdim=True)
+        s = (model.logit_scale.exp() * f @ text.t()).softmax(-1)
+        (g,) = torch.autograd.grad(s[0, c], ln1)
+        loop.append(cam_from_activations(ln1.detach()[:, 1:], g[:, 1:], (3, 5)))
+    assert torch.allclose(res.cams, torch.cat(loop), atol=1e-5)
+    assert res.grid_hw == (3, 5)
+
+
+def test_softmax_gradient_equals_analytic_formula(model, texts):
+    # ds_c/dA = s_c (1 - s_c) dy_c/dA - sum_{j != c} s_c s_j dy_j/dA  (spec §5.2)
+    fg, bg = texts
+    image = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(4))
+    text = torch.cat([fg, bg])
+    tokens, _ = encode_image_tokens(model, image[None], upto_block=2)
+    emb, ln1, _ = image_embedding_from_last_block(model, tokens)
+    f = emb / emb.norm(dim=-1, keepdim=True)
+    y = (model.logit_scale.exp() * f @ text.t())[0]
+    s = y.softmax(-1).detach()
+    dy = torch.stack([torch.autograd.grad(y[j], ln1, retain_graph=True)[0][0, 1:] for j in range(len(text))])
+    grads = []
+    for c in range(3):
+        coef = -s[c] * s
+        coef[c] = s[c] * (1 - s[c])
+        grads.append((coef[:, None, None] * dy).sum(0))
+    acts = ln1.detach()[0, 1:].expand(3, -1, -1)
+    analytic = cam_from_activations(acts, torch.stack(grads), (4, 4))
+    res = softmax_gradcam(model, image, fg, bg)
+    assert torch.allclose(res.cams, analytic, atol=1e-4)
+
+
+def test_only_present_classes_and_background_in_softmax(model, texts):
+    fg, bg = texts
+    image = torch.randn(3, 64, 64, generator=torch.Generator().manual_seed(5))
+    res = softmax_gradcam(model, image, fg[:2], bg)
+    assert res.logits.shape == (2 + 5,)
+    with torch.no_grad():
+        tokens, _ = encode_image_tokens(model, image[None], upto_block=2)
+        emb, _, _ = image_embedding_from_last_block(model, tokens)
+        f = F.normalize(emb, dim=-1)
+        expect = model.logit_scale.exp() * f @ torch.cat([fg[:2], bg]).t()
+    assert torch.allclose(res.logits, expect[0], atol=1e-5)
+    # the absent third class plays no role: the present classes' CAMs do not depend on it
+    assert torch.allclose(res.cams, softmax_gradcam(model, image, fg[:2], bg).cams)
+    with_third = softmax_gradcam(model, image, fg, bg)
+    assert not torch.allclose(with_third.cams[:2], res.cams, atol=1e-3)
+    no_bg = softmax_gradcam(model, image, fg, bg, use_background=False)
+    assert no_bg.logits.shape == (3,)
+    assert torch.allclose(no_bg.cams, _reference_cam(model, image, fg, 3, "softmax"), atol=1e-4)
+    assert not torch.allclose(no_bg.cams, with_third.cams, atol=1e-3)
+
+
+def test_attention_mean_layers(model, texts):
+    fg, bg = texts
+    image = torch.randn(3, 32, 48, generator=torch.Generator().manual_seed(6))
+    tokens, attns = encode_image_tokens(model, image[None], upto_block=3)
+    maps = [a[0, 1:, 1:] for a in attns]  # all three blocks, same weights as the last-block pass
+    res = softmax_gradcam(model, image, fg, bg)  # default [-8:] of 3 blocks = all of them
+    assert res.attention_mean.shape == (6, 6) and res.attention_mean.dtype == torch.float32
+    assert torch.allclose(res.attention_mean, torch.stack(maps).mean(0), atol=1e-6)
+    last_two = softmax_gradcam(model, image, fg, bg, attn_layers=[-2, None])
+    assert torch.allclose(last_two.attention_mean, (maps[1] + maps[2]) / 2, atol=1e-6)
+    excl_last = softmax_gradcam(model, image, fg, bg, attn_layers=(-3, -1))
+    assert torch.allclose(excl_last.attention_mean, (maps[0] + maps[1]) / 2, atol=1e-6)
+    with pytest.raises(ValueError, match="select none"):
+        layer_mean_attention(attns, (5, None))
+
+
+def test_cam_range_and_bad_inputs(model, texts):
+    fg, bg = texts
+    image = torch.randn(3, 64, 32, generator=torch.Generator().manual_seed(7))
+    res = softmax_gradcam(model, image, fg, bg)
+    assert float(res.cams.min()) >= 0.0 and float(res.cams.max()) <= 1.0
+    assert torch.allclose(res.cams.amax(dim=(1, 2)), torch.ones(3), atol=1e-5)
+    with pytest.raises(ValueError, match="score"):
+        softmax_gradcam(model, image, fg, bg, score="prob")
+    with pytest.raises(ValueError, match="fg_text"):
+        softmax_gradcam(model, image, fg[:0], bg)
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        softmax_gradcam(model, torch.randn(3, 40, 32), fg, bg)
+
+
+def test_cam_from_activations_hand_example():
+    # N = 4 patches on a 2x2 grid, D = 2 channels
+    acts = torch.tensor([[[1.0, 0.0], [0.0, 1.0], [2.0, 2.0], [-1.0, 0.0]]])
+    grads = torch.tensor([[[0.4, 0.0], [0.0, -0.4], [0.4, 0.2], [0.8, 0.2]]])
+    # alpha = mean over patches = (0.4, 0.0); raw = (0.4, 0, 0.8, -0.4) -> ReLU -> (0.4, 0, 0.8, 0)
+    cam = cam_from_activations(acts, grads, (2, 2))
+    expect = torch.tensor([[[0.5, 0.0], [1.0, 0.0]]])
+    assert torch.allclose(cam, expect, atol=1e-6)
+    with pytest.raises(ValueError, match="grid"):
+        cam_from_activations(acts, grads, (3, 2))
+
+
+def test_minmax_normalize():
+    x = torch.tensor([[[2.0, 4.0], [6.0, 10.0]], [[3.0, 3.0], [3.0, 3.0]]])
+    out = minmax_normalize(x)
+    assert torch.allclose(out[0], torch.tensor([[0.0, 0.25], [0.5, 1.0]]), atol=1e-6)
+    assert torch.equal(out[1], torch.zeros(2, 2))  # a constant map becomes all zeros (no division by 0)
+
+
+def test_half_precision_weights_follow_the_reference_dtypes(model, texts):
+    # OpenAI-style manual fp16: half weights, LayerNorm computed in fp32 (runs on CPU too)
+    from open_clip.model import convert_weights_to_lp
+
+    half = build_clip(copy.deepcopy(TINY), cast_dtype=torch.float16).eval().requires_grad_(False)
+    half.load_state_dict(model.state_dict())
+    convert_weights_to_lp(half, dtype=torch.float16)
+    fg, bg = texts
+    image = torch.randn(3, 64, 96, generator=torch.Generator().manual_seed(8))
+    r16 = softmax_gradcam(half, image, fg, bg)
+    r32 = softmax_gradcam(model, image, fg, bg)
+    assert r16.cams.dtype == torch.float32 and r16.attention_mean.dtype == torch.float32
+    # the layer mean is rounded to fp16 like the reference's GPU mean, then cast to fp32
+    assert torch.equal(r16.attention_mean, r16.attention_mean.half().float())
+    assert torch.equal(r16.logits, r16.logits.half().float())
+    assert torch.allclose(r16.attention_mean, r32.attention_mean, atol=1e-3)
+    assert torch.allclose(r16.logits, r32.logits, atol=2e-2)
+    assert torch.allclose(r16.cams, r32.cams, atol=3e-2)

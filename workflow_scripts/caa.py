@@ -1,0 +1,13 @@
+"""Rule caa: class-aware attention affinity refinement of one shard's CAMs."""
+
+from wsss.logs import logged
+from wsss.stages.cams import run_caa
+
+with logged(snakemake.log[0]):
+    run_caa(
+        snakemake.input.cams,
+        snakemake.input.affinity,
+        snakemake.params.caa,
+        snakemake.output[0],
+        locking=snakemake.params.hdf5["locking"],
+    )

@@ -1,0 +1,18 @@
+"""Rule evaluate_pseudo_masks: mIoU of the CRF labels (before the 255 rule), coverage, confident accuracy."""
+
+from wsss.logs import logged
+from wsss.stages.evaluate import evaluate_label_maps
+
+with logged(snakemake.log[0]):
+    evaluate_label_maps(
+        snakemake.input.crf,
+        snakemake.input.manifests,
+        snakemake.config,
+        snakemake.params.dataset,
+        snakemake.params.method,
+        {"labels": "crf"},
+        snakemake.output.metrics,
+        snakemake.output.per_class,
+        confidence_threshold=snakemake.params.threshold,
+        locking=snakemake.params.hdf5["locking"],
+    )

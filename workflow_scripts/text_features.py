@@ -1,0 +1,16 @@
+"""Rule text_features: prompt embeddings of the classes (synonyms fused) and the background words."""
+
+from wsss.classes import dataset_vocabulary
+from wsss.logs import logged
+from wsss.stages.devices import gpu_job
+from wsss.stages.cams import chosen_template, run_text_features
+
+with logged(snakemake.log[0]), gpu_job(snakemake.resources.get("gpu", 0)):
+    run_text_features(
+        snakemake.params.clip,
+        list(snakemake.input.clip),
+        dataset_vocabulary(snakemake.config, snakemake.params.dataset),
+        chosen_template(snakemake.params.text, list(snakemake.input.ranking)),
+        snakemake.output[0],
+        locking=snakemake.params.hdf5["locking"],
+    )

@@ -1,0 +1,19 @@
+"""Rule train_segmenter: DeepLabV2 on the confidence-masked pseudo masks (resumes after interruptions)."""
+
+from wsss.logs import logged
+from wsss.stages.devices import gpu_job
+from wsss.stages.segmenter import run_training
+
+with logged(snakemake.log[0]), gpu_job(snakemake.resources.get("gpu", 0)):
+    run_training(
+        snakemake.input.manifest,
+        snakemake.input.crf,
+        snakemake.params.segmenter,
+        snakemake.params.n_classes,
+        snakemake.params.threshold,
+        snakemake.params.seed,
+        snakemake.params.checkpoint_dir,
+        snakemake.output[0],
+        threads=snakemake.threads,
+        locking=snakemake.params.hdf5["locking"],
+    )

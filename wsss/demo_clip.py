@@ -1,0 +1,559 @@
+"""The demo CLIP: a tiny open_clip ViT trained contrastively on the demo world's image-caption pairs.
+
+CLIP-ES needs a frozen CLIP whose softmax-GradCAM localises the classes and whose self-attention
+carries affinity. This module trains one on CPU in a few minutes: a small ViT (8 px patches) and text
+transformer, the CLIP loss on the CLS token, plus an optional *caption-supervised dense loss*: every
+patch embedding is classified against the text embeddings of the concepts (class and background
+words) that the image's caption names (multiple-instance learning: each patch must be one of the
+named concepts, each named concept must win somewhere). It only uses image-level text, never masks.
+
+The checkpoint is a plain dict (``CHECKPOINT_FORMAT``) whose ``model_cfg`` builds the network with
+``wsss.clip_model.build_clip``; ``load_demo_clip`` returns it frozen in eval mode.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import open_clip
+import torch
+import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from open_clip.model import CLIP, set_model_preprocess_cfg
+from PIL import Image
+
+from .clip_model import build_clip, interpolate_pos_embed
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "DEFAULT_SETTINGS",
+    "resolve_settings",
+    "model_config",
+    "demo_tokenizer",
+    "caption_concepts",
+    "load_pairs",
+    "augment_batch",
+    "encode_image_train",
+    "dense_caption_loss",
+    "train_demo_clip",
+    "save_demo_clip",
+    "load_demo_clip",
+]
+
+CHECKPOINT_FORMAT = "wsss-demo-clip/1"
+
+DEFAULT_SETTINGS: dict[str, Any] = {
+    # --- model (becomes model_cfg; image_size fixes the position-embedding grid)
+    "image_size": 96,
+    "patch_size": 8,
+    "vision_width": 128,
+    "vision_layers": 4,
+    "vision_heads": 4,
+    "text_width": 128,
+    "text_layers": 3,
+    "text_heads": 4,
+    "context_length": 32,  # captions are < 20 BPE tokens; tokenise CAM prompts with the same length
+    "embed_dim": 128,
+    "quick_gelu": False,
+    # --- optimisation
+    "steps": 330,
+    "batch_size": 128,
+    "lr": 1.0e-3,
+    "warmup": 30,  # linear warm-up steps, then cosine decay to 0
+    "weight_decay": 0.1,  # not applied to gains, biases, embeddings and the temperature
+    "temperature_init": 0.07,  # exp(logit_scale) starts at 1 / temperature_init
+    "learn_temperature": True,
+    "max_logit_scale": 100.0,
+    "pooling": "cls",  # image embedding of the CLIP loss: cls | mean (of ln_post patch tokens)
+    # --- caption-supervised dense loss (0 disables it)
+    "dense_weight": 0.0,
+    "dense_prompt": "a photo of a {}.",
+    "dense_scale_init": 10.0,  # initial (learnable) logit scale of the per-patch concept softmax
+    "dense_topk": 4,  # a named concept's image score is the mean of its top-k patch probabilities
+    "concepts": "demo",  # "demo" = DEMO_CLASSES + DEMO_BACKGROUNDS, or an explicit list of words
+    # --- augmentation (random resized crop of the whole image, horizontal flip)
+    "crop_scale": [0.7, 1.0],  # range of the crop's area fraction
+    "crop_ratio": [0.8, 1.25],  # range of the crop's aspect ratio
+    "hflip": True,
+    "train_sizes": [96],  # per-step input size drawn from this list (multiples of patch_size)
+    # --- data
+    "splits": ["clip_pretrain", "train"],  # ImageSets/Segmentation/<split>.txt lists with captions
+    "fresh_scenes": 0,  # extra scenes rendered with demo_world.render_scene (4-5 ms each on CPU)
+    # --- runtime
+    "precision": "bf16",  # bf16 (autocast on CPU/CUDA, about 2x faster on CPU) | fp32
+    "threads": 2,
+    "log_every": 25,
+}
+
+_SEQUENCE_KEYS = {"crop_scale", "crop_ratio", "train_sizes", "splits"}
+
+
+# ----------------------------------------------------------------------------------------- settings
+
+def resolve_settings(settings: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """DEFAULT_SETTINGS overridden key by key; ValueError naming any unknown key or bad value."""
+    out = {k: (list(v) if isinstance(v, list) else v) for k, v in DEFAULT_SETTINGS.items()}
+    for key, value in dict(settings or {}).items():
+        if key not in DEFAULT_SETTINGS:
+            raise ValueError(f"demo_clip: unknown setting {key!r}; known settings: {sorted(DEFAULT_SETTINGS)}")
+        out[key] = list(value) if key in _SEQUENCE_KEYS or isinstance(value, tuple) else value
+    _check_settings(out)
+    return out
+
+
+def _check_settings(s: Mapping[str, Any]) -> None:
+    """Raise ValueError naming the first inconsistent setting."""
+    for key in ("image_size", "patch_size", "vision_width", "vision_layers", "vision_heads", "text_width",
+                "text_layers", "text_heads", "context_length", "embed_dim", "batch_size", "threads"):
+        if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 1:
+            raise ValueError(f"demo_clip: {key} must be a positive integer, got {s[key]!r}")
+    for key in ("steps", "warmup", "fresh_scenes", "log_every", "dense_topk"):
+        if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 0:
+            raise ValueError(f"demo_clip: {key} must be a non-negative integer, got {s[key]!r}")
+    if s["vision_width"] % s["vision_heads"]:
+        raise ValueError(f"demo_clip: vision_width {s['vision_width']} is not divisible by vision_heads {s['vision_heads']}")
+    if s["text_width"] % s["text_heads"]:
+        raise ValueError(f"demo_clip: text_width {s['text_width']} is not divisible by text_heads {s['text_heads']}")
+    if s["image_size"] % s["patch_size"]:
+        raise ValueError(f"demo_clip: image_size {s['image_size']} is not a multiple of patch_size {s['patch_size']}")
+    sizes = s["train_sizes"]
+    if not sizes or any(not isinstance(v, int) or v < s["patch_size"] or v % s["patch_size"] for v in sizes):
+        raise ValueError(f"demo_clip: train_sizes must be multiples of patch_size {s['patch_size']}, got {sizes!r}")
+    for key in ("crop_scale", "crop_ratio"):
+        lo_hi = s[key]
+        if len(lo_hi) != 2 or not 0 < float(lo_hi[0]) <= float(lo_hi[1]):
+            raise ValueError(f"demo_clip: {key} must be [low, high] with 0 < low <= high, got {lo_hi!r}")
+    if float(s["crop_scale"][1]) > 1:
+        raise ValueError(f"demo_clip: crop_scale must not exceed 1, got {s['crop_scale']!r}")
+    for key in ("lr", "temperature_init", "max_logit_scale", "dense_scale_init"):
+        if not float(s[key]) > 0:
+            raise ValueError(f"demo_clip: {key} must be positive, got {s[key]!r}")
+    for key in ("weight_decay", "dense_weight"):
+        if float(s[key]) < 0:
+            raise ValueError(f"demo_clip: {key} must be >= 0, got {s[key]!r}")
+    if s["pooling"] not in ("cls", "mean"):
+        raise ValueError(f"demo_clip: pooling must be 'cls' or 'mean', got {s['pooling']!r}")
+    if s["precision"] not in ("bf16", "fp32"):
+        raise ValueError(f"demo_clip: precision must be 'bf16' or 'fp32', got {s['precision']!r}")
+    if "{}" not in str(s["dense_prompt"]):
+        raise ValueError(f"demo_clip: dense_prompt must contain '{{}}', got {s['dense_prompt']!r}")
+    if s["concepts"] != "demo" and (not isinstance(s["concepts"], (list, tuple)) or not s["concepts"]):
+        raise ValueError(f"demo_clip: concepts must be 'demo' or a non-empty list of words, got {s['concepts']!r}")
+    if not s["splits"] and not s["fresh_scenes"]:
+        raise ValueError("demo_clip: no training data (splits is empty and fresh_scenes is 0)")
+
+
+def model_config(settings: Mapping[str, Any]) -> dict[str, Any]:
+    """The open_clip CLIP config (accepted by build_clip / open_clip.model.CLIP) for resolved settings."""
+    s = settings
+    return {
+        "embed_dim": int(s["embed_dim"]),
+        "quick_gelu": bool(s["quick_gelu"]),
+        "init_logit_scale": float(math.log(1.0 / float(s["temperature_init"]))),
+        "vision_cfg": {
+            "image_size": int(s["image_size"]),
+            "patch_size": int(s["patch_size"]),
+            "width": int(s["vision_width"]),
+            "layers": int(s["vision_layers"]),
+            "head_width": int(s["vision_width"]) // int(s["vision_heads"]),
+        },
+        "text_cfg": {
+            "context_length": int(s["context_length"]),
+            "vocab_size": 49408,  # open_clip's (OpenAI) BPE vocabulary, shipped with the package
+            "width": int(s["text_width"]),
+            "heads": int(s["text_heads"]),
+            "layers": int(s["text_layers"]),
+        },
+    }
+
+
+def demo_tokenizer(context_length: int) -> Callable[[Sequence[str]], torch.Tensor]:
+    """open_clip's BPE tokenizer (offline) padded/truncated to the demo CLIP's context length."""
+    return open_clip.get_tokenizer("ViT-B-16", context_length=int(context_length))
+
+
+def _concept_words(settings: Mapping[str, Any]) -> list[str]:
+    """Words of the dense loss: the demo world's classes and backgrounds, or the configured list."""
+    if settings["concepts"] == "demo":
+        from .demo_world import DEMO_BACKGROUNDS, DEMO_CLASSES
+        return list(DEMO_CLASSES) + list(DEMO_BACKGROUNDS)
+    return [str(c) for c in settings["concepts"]]
+
+
+def caption_concepts(captions: Sequence[str], concepts: Sequence[str]) -> torch.Tensor:
+    """(len(captions), len(concepts)) bool: which concept words (whole words, any case) each caption names."""
+    patterns = [re.compile(r"\b" + re.escape(c.lower()) + r"s?\b") for c in concepts]
+    out = torch.zeros(len(captions), len(concepts), dtype=torch.bool)
+    for i, cap in enumerate(captions):
+        low = cap.lower()
+        for j, pat in enumerate(patterns):
+            out[i, j] = pat.search(low) is not None
+    return out
+
+
+# --------------------------------------------------------------------------------------------- data
+
+def _read_split(world_root: Path, split: str) -> list[str]:
+    path = world_root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    if not path.is_file():
+        raise FileNotFoundError(f"demo_clip: split list {path} not found")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _read_captions(world_root: Path) -> dict[str, str]:
+    path = world_root / "captions.tsv"
+    if not path.is_file():
+        raise FileNotFoundError(f"demo_clip: captions file {path} not found")
+    out: dict[str, str] = {}
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        image_id, sep, caption = line.partition("\t")
+        if not sep or not caption.strip():
+            raise ValueError(f"demo_clip: {path} line {n} is not 'image_id<TAB>caption'")
+        out[image_id] = caption.strip()
+    return out
+
+
+def _to_store(rgb: np.ndarray, size: int) -> torch.Tensor:
+    """HxWx3 uint8 -> (3, size, size) uint8, bicubic resize (the crop happens later, batched)."""
+    im = Image.fromarray(rgb)
+    if im.size != (size, size):
+        im = im.resize((size, size), resample=Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+
+
+def load_pairs(
+    world_root: Path, splits: Sequence[str], store_size: int, *, fresh_scenes: int = 0, seed: int = 0
+) -> tuple[torch.Tensor, list[str], list[str]]:
+    """Images (n, 3, S, S) uint8, captions and ids of the given splits (+ freshly rendered scenes)."""
+    world_root = Path(world_root)
+    captions = _read_captions(world_root) if splits else {}
+    images: list[torch.Tensor] = []
+    texts: list[str] = []
+    ids: list[str] = []
+    for split in splits:
+        for image_id in _read_split(world_root, split):
+            if image_id not in captions:
+                raise ValueError(f"demo_clip: image {image_id!r} of split {split!r} has no caption in captions.tsv")
+            path = world_root / "JPEGImages" / f"{image_id}.jpg"
+            if not path.is_file():
+                raise FileNotFoundError(f"demo_clip: image {path} not found")
+            with Image.open(path) as im:
+                images.append(_to_store(np.asarray(im.convert("RGB")), store_size))
+            texts.append(captions[image_id])
+            ids.append(image_id)
+    if fresh_scenes:
+        from .demo_world import make_caption, render_scene
+        for j in range(int(fresh_scenes)):
+            # own generator per scene, distinct from the world's (seed, index) streams
+            rng = np.random.default_rng(np.random.SeedSequence([int(seed), 7919, j]))
+            h, w = (int(v) for v in rng.integers(88, 121, size=2))
+            image, _, objects, background = render_scene(rng, h, w)
+            names = list(dict.fromkeys(o["name"] for o in objects))
+            images.append(_to_store(image, store_size))
+            texts.append(make_caption(rng, names, background))
+            ids.append(f"fresh_{j:06d}")
+    if not images:
+        raise ValueError(f"demo_clip: no image-caption pairs in {world_root} (splits {list(splits)})")
+    return torch.stack(images), texts, ids
+
+
+def augment_batch(
+    images: torch.Tensor,
+    out_size: int,
+    generator: torch.Generator,
+    *,
+    crop_scale: Sequence[float] = (1.0, 1.0),
+    crop_ratio: Sequence[float] = (1.0, 1.0),
+    hflip: bool = False,
+    mean: Sequence[float] = OPENAI_DATASET_MEAN,
+    std: Sequence[float] = OPENAI_DATASET_STD,
+) -> torch.Tensor:
+    """Random resized crops (+ flips) of a uint8 batch (B, 3, S, S) to normalised float (B, 3, out, out)."""
+    b = images.shape[0]
+    area = torch.empty(b).uniform_(float(crop_scale[0]), float(crop_scale[1]), generator=generator)
+    log_r = torch.empty(b).uniform_(math.log(crop_ratio[0]), math.log(crop_ratio[1]), generator=generator)
+    ratio = log_r.exp()
+    # crop half-extents in normalised coordinates ([-1, 1] spans the image)
+    sx = (area * ratio).sqrt().clamp(max=1.0)
+    sy = (area / ratio).sqrt().clamp(max=1.0)
+    cx = (torch.rand(b, generator=generator) * 2 - 1) * (1 - sx)
+    cy = (torch.rand(b, generator=generator) * 2 - 1) * (1 - sy)
+    flip = torch.ones(b)
+    if hflip:
+        flip = torch.where(torch.rand(b, generator=generator) < 0.5, -1.0, 1.0)
+    theta = torch.zeros(b, 2, 3)
+    theta[:, 0, 0] = sx * flip
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, [b, 3, out_size, out_size], align_corners=False)
+    x = F.grid_sample(images.float().div_(255), grid, mode="bilinear", padding_mode="border", align_corners=False)
+    m = torch.as_tensor(mean, dtype=x.dtype)[None, :, None, None]
+    s = torch.as_tensor(std, dtype=x.dtype)[None, :, None, None]
+    return (x - m) / s
+
+
+# -------------------------------------------------------------------------------------------- model
+
+def encode_image_train(model: CLIP, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(CLS embedding (B, E), patch embeddings (B, N, E)): proj(ln_post(token)) at any patch-multiple size."""
+    visual = model.visual
+    p = int(visual.patch_size[0])
+    gh, gw = images.shape[-2] // p, images.shape[-1] // p
+    x = visual.conv1(images)
+    b, d = x.shape[:2]
+    x = x.reshape(b, d, -1).permute(0, 2, 1)
+    cls = visual.class_embedding.reshape(1, 1, d).expand(b, 1, d).to(x.dtype)
+    x = torch.cat([cls, x], dim=1)
+    # the CAM stage interpolates the position embeddings the same way for 88-120 px images
+    pos = visual.positional_embedding
+    if (gh, gw) != tuple(visual.grid_size):
+        pos = interpolate_pos_embed(pos, (gh, gw))
+    x = visual.ln_pre(x + pos.to(x.dtype))
+    x = visual.transformer(x)
+    x = visual.ln_post(x)
+    emb = x @ visual.proj
+    return emb[:, 0], emb[:, 1:]
+
+
+def dense_caption_loss(
+    patch_emb: torch.Tensor, concept_emb: torch.Tensor, present: torch.Tensor, scale: torch.Tensor, topk: int
+) -> torch.Tensor:
+    """MIL loss: each patch's concept softmax must fall on the caption's concepts, each named concept must win somewhere.
+
+    patch_emb (B, N, E) and concept_emb (C, E) need not be normalised; present (B, C) bool.
+    """
+    p = F.normalize(patch_emb.float(), dim=-1)
+    t = F.normalize(concept_emb.float(), dim=-1)
+    prob = (scale * p @ t.t()).softmax(dim=-1)  # (B, N, C)
+    pres = present.to(prob.dtype)
+    inside = -(prob * pres[:, None, :]).sum(dim=-1).clamp_min(1e-6).log().mean()
+    k = max(1, min(int(topk), prob.shape[1]))
+    pooled = prob.topk(k, dim=1).values.mean(dim=1)  # (B, C)
+    cover = -(pooled.clamp_min(1e-6).log() * pres).sum() / pres.sum().clamp_min(1.0)
+    return inside + cover
+
+
+def _param_groups(params: Sequence[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:
+    """AdamW groups: weight decay only on matrices (not on gains, biases, embeddings, temperature)."""
+    decay, no_decay = [], []
+    for name, p in params:
+        if not p.requires_grad:
+            continue
+        exempt = p.ndim < 2 or "embedding" in name or "logit_scale" in name or name.endswith("scale")
+        (no_decay if exempt else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def _lr_at(step: int, steps: int, warmup: int, lr: float) -> float:
+    """Linear warm-up then cosine decay to 0."""
+    if warmup and step < warmup:
+        return lr * (step + 1) / warmup
+    t = (step - warmup) / max(1, steps - warmup)
+    return lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _autocast(precision: str, device: torch.device):
+    """bf16 autocast context (CPU or CUDA), or a disabled one for fp32."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+# ----------------------------------------------------------------------------------------- training
+
+def train_demo_clip(
+    world_root: Path,
+    out_path: Path,
+    settings: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    log: Callable[[str], Any] = print,
+    *,
+    device: str | torch.device | None = None,
+) -> dict[str, Any]:
+    """Train the demo CLIP on the world's image-caption pairs and write the checkpoint atomically; return metrics."""
+    s = resolve_settings(settings)
+    world_root, out_path = Path(world_root), Path(out_path)
+    if not world_root.is_dir():
+        raise FileNotFoundError(f"demo_clip: world root {world_root} is not a directory")
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    old_threads = torch.get_num_threads()
+    torch.set_num_threads(int(s["threads"]))
+    try:
+        return _train(world_root, out_path, s, int(seed), log, device)
+    finally:
+        torch.set_num_threads(old_threads)
+
+
+def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, device: torch.device) -> dict:
+    t_start = time.perf_counter()
+    torch.manual_seed(seed)
+    gen = torch.Generator().manual_seed(seed)  # data order and augmentation, always on the CPU
+
+    store = max(max(s["train_sizes"]), int(s["image_size"]))
+    images, captions, _ = load_pairs(world_root, s["splits"], store, fresh_scenes=s["fresh_scenes"], seed=seed)
+    n = images.shape[0]
+    tokenizer = demo_tokenizer(s["context_length"])
+    tokens = tokenizer(captions)
+    concepts = _concept_words(s)
+    present = caption_concepts(captions, concepts)
+    concept_tokens = tokenizer([s["dense_prompt"].format(c) for c in concepts]).to(device)
+    t_data = time.perf_counter() - t_start
+    log(f"demo_clip: {n} image-caption pairs loaded in {t_data:.1f}s; settings {s}")
+
+    cfg = model_config(s)
+    model = build_clip(cfg).to(device)
+    model.train()
+    dense_log_scale = torch.nn.Parameter(torch.tensor(math.log(float(s["dense_scale_init"])), device=device))
+    named = list(model.named_parameters())
+    if not s["learn_temperature"]:
+        model.logit_scale.requires_grad_(False)
+    if s["dense_weight"] > 0:
+        named.append(("dense_log_scale", dense_log_scale))
+    opt = torch.optim.AdamW(_param_groups(named, float(s["weight_decay"])), lr=float(s["lr"]),
+                            betas=(0.9, 0.98), eps=1e-6)
+    max_log_scale = math.log(float(s["max_logit_scale"]))
+
+    bs = min(int(s["batch_size"]), n)
+    steps = int(s["steps"])
+    order = torch.randperm(n, generator=gen)
+    cursor = 0
+    history: list[dict] = []
+    t_loop = time.perf_counter()
+    for step in range(steps):
+        if cursor + bs > n:  # new epoch: fresh permutation, drop the incomplete tail
+            order = torch.randperm(n, generator=gen)
+            cursor = 0
+        idx = order[cursor:cursor + bs]
+        cursor += bs
+        size = int(s["train_sizes"][int(torch.randint(len(s["train_sizes"]), (1,), generator=gen))])
+        x = augment_batch(images[idx], size, gen, crop_scale=s["crop_scale"], crop_ratio=s["crop_ratio"],
+                          hflip=bool(s["hflip"])).to(device)
+        lr = _lr_at(step, steps, int(s["warmup"]), float(s["lr"]))
+        for group in opt.param_groups:
+            group["lr"] = lr
+        with _autocast(s["precision"], device):
+            cls_emb, patch_emb = encode_image_train(model, x)
+            img = cls_emb if s["pooling"] == "cls" else patch_emb.mean(dim=1)
+            txt = model.encode_text(tokens[idx].to(device))
+            if s["dense_weight"] > 0:
+                concept_emb = model.encode_text(concept_tokens)
+        img = F.normalize(img.float(), dim=-1)
+        txt = F.normalize(txt.float(), dim=-1)
+        logits = model.logit_scale.exp() * img @ txt.t()
+        target = torch.arange(len(idx), device=device)
+        clip_loss = (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+        loss = clip_loss
+        dense = torch.zeros((), device=device)
+        if s["dense_weight"] > 0:
+            dense = dense_caption_loss(patch_emb, concept_emb, present[idx].to(device), dense_log_scale.exp(),
+                                       int(s["dense_topk"]))
+            loss = loss + float(s["dense_weight"]) * dense
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0.0, max_log_scale)
+            dense_log_scale.clamp_(0.0, max_log_scale)
+        acc = (logits.detach().argmax(dim=1) == target).float().mean().item()
+        rec = {"step": step + 1, "loss": loss.item(), "clip_loss": clip_loss.item(), "dense_loss": dense.item(),
+               "acc": acc, "logit_scale": float(model.logit_scale.exp()), "lr": lr}
+        history.append(rec)
+        if s["log_every"] and ((step + 1) % int(s["log_every"]) == 0 or step + 1 == steps):
+            el = time.perf_counter() - t_loop
+            log(f"demo_clip: step {step + 1}/{steps} loss {rec['loss']:.4f} (clip {rec['clip_loss']:.4f}, "
+                f"dense {rec['dense_loss']:.4f}) acc {acc:.3f} scale {rec['logit_scale']:.1f} "
+                f"{(step + 1) * bs / max(el, 1e-9):.0f} img/s")
+    train_s = time.perf_counter() - t_loop
+
+    model.eval()
+    model.requires_grad_(False)
+    tail = history[-10:] if history else []
+    metrics = {
+        "n_pairs": n,
+        "steps": steps,
+        "batch_size": bs,
+        "seed": seed,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "data_seconds": round(t_data, 2),
+        "train_seconds": round(train_s, 2),
+        "images_per_second": round(steps * bs / train_s, 1) if steps and train_s > 0 else None,
+        "final_loss": float(np.mean([r["loss"] for r in tail])) if tail else None,
+        "final_clip_loss": float(np.mean([r["clip_loss"] for r in tail])) if tail else None,
+        "final_dense_loss": float(np.mean([r["dense_loss"] for r in tail])) if tail else None,
+        "final_batch_accuracy": float(np.mean([r["acc"] for r in tail])) if tail else None,
+        "logit_scale": float(model.logit_scale.exp()),
+        "loss_curve": [round(r["loss"], 5) for r in history],
+    }
+    save_demo_clip(model, cfg, out_path, settings=s, metrics=metrics)
+    log(f"demo_clip: trained {steps} steps in {train_s:.1f}s ({metrics['images_per_second']} img/s); wrote {out_path}")
+    return metrics
+
+
+def save_demo_clip(
+    model: CLIP,
+    model_cfg: Mapping[str, Any],
+    out_path: Path,
+    *,
+    settings: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+    image_mean: Sequence[float] = OPENAI_DATASET_MEAN,
+    image_std: Sequence[float] = OPENAI_DATASET_STD,
+) -> None:
+    """Write a CHECKPOINT_FORMAT dict (fp32 CPU state dict, model_cfg, normalisation, settings, metrics) atomically."""
+    ckpt = {
+        "format": CHECKPOINT_FORMAT,
+        "model_cfg": dict(model_cfg),
+        "state_dict": {k: v.detach().cpu().float().clone() for k, v in model.state_dict().items()},
+        "image_mean": [float(v) for v in image_mean],
+        "image_std": [float(v) for v in image_std],
+        "settings": dict(settings or {}),
+        "metrics": dict(metrics or {}),
+    }
+    _atomic_save(ckpt, Path(out_path))
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    """torch.save to a temporary sibling, then rename over `path` (readers never see a partial file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def load_demo_clip(path: Path, device: str | torch.device | None = None) -> CLIP:
+    """The demo CLIP from a checkpoint written by train_demo_clip: eval mode, frozen, fp32."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"demo CLIP checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ValueError(f"cannot read demo CLIP checkpoint {path}: {exc}") from exc
+    if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
+        got = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
+        raise ValueError(f"{path} is not a demo CLIP checkpoint (format {got!r}, expected {CHECKPOINT_FORMAT!r})")
+    model = build_clip(dict(ckpt["model_cfg"]))
+    try:
+        model.load_state_dict(ckpt["state_dict"], strict=True)
+    except RuntimeError as exc:
+        raise ValueError(f"state dict in {path} does not match its model_cfg: {exc}") from exc
+    set_model_preprocess_cfg(model, {"size": model.visual.image_size, "mean": tuple(ckpt["image_mean"]),
+                                     "std": tuple(ckpt["image_std"]), "interpolation": "bicubic",
+                                     "resize_mode": "shortest", "fill_color": 0})
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    return model

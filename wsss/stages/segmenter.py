@@ -1,0 +1,144 @@
+"""Segmenter stages: train DeepLabV2 on the confidence-masked pseudo masks, predict a split shard by shard."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from PIL import Image
+
+from wsss.crf import CrfConfig, crf_image, dense_crf, training_labels, unary_from_probabilities
+from wsss.datasets import read_manifest
+from wsss.h5store import file_digest, image_ids, normalise_locking, params_digest, open_stage, put_image, set_image_order, write_stage
+from wsss.segmenter.predict import predict_probs
+from wsss.segmenter.train import SegmenterConfig, load_segmenter, train_segmenter
+from wsss.shards import shard_rows
+from wsss.stages.crf import crf_config
+
+log = logging.getLogger(__name__)
+
+# Keys of the config's segmenter section that belong to prediction, not to training.
+TEST_KEYS = ("test_scales", "test_flip", "test_crf")
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """An image file as uint8 RGB (H, W, 3)."""
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"))
+
+
+class PseudoMaskDataset(torch.utils.data.Dataset):
+    """(image, training label) pairs: images from disk, labels from the CRF shards with the 255 rule applied."""
+
+    def __init__(self, manifest_path: str | Path, crf_files: Sequence[str | Path], threshold: float,
+                 locking: Any = None) -> None:
+        table = read_manifest(manifest_path)
+        paths = dict(zip(table["image_id"], table["image_path"]))
+        self.items: list[tuple[str, str, str]] = []
+        for crf_file in crf_files:
+            with open_stage(crf_file, locking) as handle:
+                self.items += [(image_id, paths[image_id], str(crf_file)) for image_id in image_ids(handle)]
+        self.threshold = threshold
+        self.locking = normalise_locking(locking)
+        self._handles: dict[str, h5py.File] = {}
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image_id, image_path, crf_file = self.items[index]
+        # Handles are opened lazily per process, so DataLoader workers never share one.
+        handle = self._handles.get(crf_file)
+        if handle is None:
+            handle = self._handles[crf_file] = h5py.File(crf_file, "r", locking=self.locking)
+        group = handle[image_id]
+        label = training_labels(group["labels"][()], group["confidence"][()], self.threshold)
+        return {"image": load_rgb(image_path), "label": label, "id": image_id}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_handles"] = {}
+        return state
+
+
+def segmenter_config(section: Mapping[str, Any], n_classes: int, seed: int) -> SegmenterConfig:
+    """Training settings from the config's ``segmenter:`` section (test-time keys removed)."""
+    train_part = {k: v for k, v in section.items() if k not in TEST_KEYS}
+    train_part.setdefault("seed", seed)
+    return SegmenterConfig.from_dict({**train_part, "n_classes": n_classes})
+
+
+def run_training(
+    manifest_path: str | Path,
+    crf_files: Sequence[str | Path],
+    section: Mapping[str, Any],
+    n_classes: int,
+    threshold: float,
+    seed: int,
+    checkpoint_dir: str | Path,
+    out_path: str | Path,
+    threads: int = 1,
+    locking: Any = None,
+) -> None:
+    """Train (resuming from ``checkpoint_dir`` if a checkpoint is there) and publish the final weights."""
+    torch.set_num_threads(max(1, threads))
+    cfg = segmenter_config(section, n_classes, seed)
+    dataset = PseudoMaskDataset(manifest_path, crf_files, threshold, locking)
+    # Resume only a run with identical settings and pseudo masks: the folder is named by their digest.
+    run_key = params_digest({"config": cfg.to_dict(), "threshold": threshold,
+                             "inputs": [file_digest(p) for p in (manifest_path, *crf_files)]})[:16]
+    run_dir = Path(checkpoint_dir) / run_key
+    log.info("training %s on %d pseudo masks for %d iterations in %s", cfg.backbone, len(dataset),
+             cfg.iterations, run_dir)
+    final = train_segmenter(dataset, cfg, run_dir, log=log.info)
+    out_path = Path(out_path)
+    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
+    shutil.copyfile(final, tmp)
+    os.replace(tmp, out_path)
+
+
+def crf_labels(image_rgb: np.ndarray, probs: np.ndarray, cfg: CrfConfig) -> np.ndarray:
+    """Test-time dense CRF on the segmenter's probabilities (same kernels and image mode as the pseudo masks)."""
+    q = dense_crf(crf_image(image_rgb, cfg.image_mode), unary_from_probabilities(probs), cfg.params)
+    return np.argmax(q, axis=0).astype(np.uint8)
+
+
+def run_prediction(
+    model_path: str | Path,
+    manifest_path: str | Path,
+    shard: str,
+    shard_size: int,
+    section: Mapping[str, Any],
+    crf_section: Mapping[str, Any],
+    out_path: str | Path,
+    threads: int = 1,
+    locking: Any = None,
+) -> None:
+    """Predict one shard of a split: multi-scale (+flip) probabilities, argmax, optional dense CRF."""
+    torch.set_num_threads(max(1, threads))
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = load_segmenter(model_path, device=device)
+    normalisation = torch.load(model_path, map_location="cpu", weights_only=True)["config"]["normalisation"]
+    table = shard_rows(read_manifest(manifest_path), shard, shard_size)
+    scales = tuple(section.get("test_scales", [1.0]))
+    flip = bool(section.get("test_flip", True))
+    use_crf = bool(section.get("test_crf", True))
+    crf = crf_config({**crf_section, "mode": "prob_unary"}) if use_crf else None
+    params = {"test_scales": list(scales), "test_flip": flip, "test_crf": use_crf, "crf": dict(crf_section)}
+    with write_stage(out_path, "predictions", params, inputs=[model_path, manifest_path], locking=locking) as out:
+        for row in table.itertuples(index=False):
+            image = load_rgb(row.image_path)
+            probs = predict_probs(model, image, scales=scales, flip=flip, normalisation=normalisation)
+            arrays = {"labels": np.argmax(probs, axis=0).astype(np.uint8)}
+            if crf is not None:
+                arrays["labels_crf"] = crf_labels(image, probs, crf)
+            put_image(out, row.image_id, arrays, {"height": image.shape[0], "width": image.shape[1]})
+        set_image_order(out, list(table["image_id"]))
+    log.info("predicted shard %s: %d images (scales %s, flip %s, crf %s)", shard, len(table), scales, flip, use_crf)
