@@ -9,6 +9,13 @@ configfile: "config.yaml"
 
 
 include: "rules/common.smk"
+
+
+wildcard_constraints:
+    shard=SHARD_PATTERN,
+    split=r"[A-Za-z0-9_]+",
+
+
 include: "rules/data.smk"
 include: "rules/clip.smk"
 include: "rules/cams.smk"
@@ -23,6 +30,6 @@ localrules:
 
 
 rule all:
+    default_target: True
     input:
         all_targets(),
-    default_target: True

@@ -1,4 +1,4 @@
-# Helpers shared by the rule files: config validation, paths, shard lists, resources, code versions.
+# Helpers shared by the rule files (config validation, paths, shard lists, resources, code versions).
 import hashlib
 from pathlib import Path
 
@@ -6,6 +6,7 @@ from snakemake.utils import validate
 
 from wsss import workflow_support as support
 from wsss.classes import dataset_vocabulary
+from wsss.shards import SHARD_PATTERN
 
 validate(config, "schemas/config.schema.yaml")
 support.check_config(config)
@@ -24,11 +25,6 @@ SHARDS = {
     for split in {PSEUDO_SPLIT, EVAL_SPLIT} - {None}
 }
 GPU = 1 if config["resources"].get("gpu_rules_use_gpu", True) else 0
-
-
-wildcard_constraints:
-    shard=r"\d{5}",
-    split=r"[A-Za-z0-9_]+",
 
 
 def code_version(*modules):

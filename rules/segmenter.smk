@@ -26,7 +26,9 @@ rule train_segmenter:
         # Checkpoints live beside the model but are not outputs, so a rerun after a crash resumes.
         checkpoint_dir=f"{OUT}/segmenter/checkpoints",
         hdf5=config["hdf5"],
-        code=code_version("stages/segmenter", "segmenter/deeplab", "segmenter/train", "segmenter/losses"),
+        code=code_version(
+            "stages/segmenter", "segmenter/deeplab", "segmenter/train", "segmenter/losses"
+        ),
     script:
         "../workflow_scripts/train_segmenter.py"
 
@@ -59,7 +61,9 @@ rule predict:
 rule evaluate_segmenter:
     input:
         predictions=(
-            shard_files(f"{OUT}/predictions/{{split}}/{{shard}}.h5", EVAL_SPLIT) if EVAL_SPLIT else []
+            shard_files(f"{OUT}/predictions/{{split}}/{{shard}}.h5", EVAL_SPLIT)
+            if EVAL_SPLIT
+            else []
         ),
         manifest=f"{OUT}/manifests/{EVAL_SPLIT}.tsv",
     output:

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from wsss.gpu_slots import gpu_slot, main, parse_visible_devices, visible_gpus
+from wsss.gpu_slots import acquire_gpu_fds, gpu_slot, main, parse_visible_devices, visible_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 
 # One fake GPU job: wait for a slot, record (slot, start, end) while holding it.
-WORKER = textwrap.dedent(
-    """
+WORKER = textwrap.dedent("""
     import json, os, sys, time
     from pathlib import Path
     from wsss.gpu_slots import gpu_slot
@@ -35,8 +34,7 @@ WORKER = textwrap.dedent(
         end = time.monotonic()
     out.write_text(json.dumps({"slot": slot, "env": env, "start": start, "end": end,
                                "after": os.environ.get("CUDA_VISIBLE_DEVICES")}))
-    """
-)
+    """)
 
 
 def _clean_env(**extra: str) -> dict[str, str]:
@@ -91,11 +89,7 @@ def test_six_jobs_share_two_slots_without_overlap(tmp_path):
             overlap = a["start"] < b["end"] and b["start"] < a["end"]
             assert not (overlap and a["slot"] == b["slot"]), f"slot {a['slot']} shared: {a} {b}"
     # Real parallelism happened: some pair on different slots ran at the same time.
-    assert any(
-        a["start"] < b["end"] and b["start"] < a["end"]
-        for i, a in enumerate(records)
-        for b in records[i + 1 :]
-    )
+    assert any(a["start"] < b["end"] and b["start"] < a["end"] for i, a in enumerate(records) for b in records[i + 1 :])
     # 6 jobs x 0.4 s on 2 slots take >= 3 rounds; never more than 2 at once.
     events = sorted([(r["start"], 1) for r in records] + [(r["end"], -1) for r in records])
     running = peak = 0
@@ -199,16 +193,24 @@ def test_timeout_when_all_slots_busy(tmp_path, no_scheduler):
 def test_count_two_takes_two_slots_and_restores_previous(tmp_path, monkeypatch, no_scheduler):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5,7")
     locks = tmp_path / "locks"
+    devices = ["2", "5", "7"]
     with gpu_slot(locks, count=2, poll_s=0.05) as pair:
         assert pair == "2,5"
         assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,5"
-        with gpu_slot(locks, count=1, poll_s=0.05) as single:
-            assert single == "7", "lock files are named by physical id"
+        # What another job sees meanwhile (it still has CUDA_VISIBLE_DEVICES=2,5,7): only 7 is free.
+        chosen, fds = acquire_gpu_fds(locks, devices, count=1, timeout_s=0, poll_s=0.05)
+        assert chosen == ["7"], "lock files are named by physical id"
+        for fd in fds:
+            os.close(fd)  # closing the file releases the flock
         with pytest.raises(TimeoutError):
-            with gpu_slot(locks, count=2, timeout_s=0.1, poll_s=0.05):
-                pass
+            acquire_gpu_fds(locks, devices, count=2, timeout_s=0.1, poll_s=0.05)
     assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,5,7"
     assert sorted(p.name for p in locks.iterdir()) == ["gpu2.lock", "gpu5.lock", "gpu7.lock"]
+    # All three free again after exit.
+    chosen, fds = acquire_gpu_fds(locks, devices, count=3, timeout_s=0, poll_s=0.05)
+    assert chosen == devices
+    for fd in fds:
+        os.close(fd)
     with pytest.raises(ValueError, match="count=4"):
         with gpu_slot(locks, count=4):
             pass

@@ -48,7 +48,9 @@ def test_metric_rows_and_summary(tmp_path):
     table = summarize([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "summary.csv", tmp_path / "summary.md")
     assert list(table["stage"]) == ["cam", "crf"]
     assert pd.read_csv(tmp_path / "summary.csv")["value"].tolist() == [0.5, 0.6]
-    assert "| clip-es | crf | train | miou | 0.6000 |" in (tmp_path / "summary.md").read_text()
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "| method | stage | split | miou |" in markdown
+    assert "| clip-es | crf | train | 0.6000 |" in markdown
     per_class = write_per_class(tmp_path / "pc.csv", ["background", "cat"], {"cam_train": np.array([0.9, np.nan])})
     assert per_class.shape == (2, 2)
     with pytest.raises(ValueError, match="2 classes"):

@@ -28,7 +28,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP, set_model_preprocess_cfg
 from PIL import Image
 
-from .clip_model import build_clip, interpolate_pos_embed
+from .clip_model import block_forward_with_attention, build_clip, interpolate_pos_embed
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -41,6 +41,7 @@ __all__ = [
     "augment_batch",
     "encode_image_train",
     "dense_caption_loss",
+    "attention_affinity_loss",
     "train_demo_clip",
     "save_demo_clip",
     "load_demo_clip",
@@ -77,6 +78,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "dense_scale_init": 10.0,  # initial (learnable) logit scale of the per-patch concept softmax
     "dense_topk": 4,  # a named concept's image score is the mean of its top-k patch probabilities
     "concepts": "demo",  # "demo" = DEMO_CLASSES + DEMO_BACKGROUNDS, or an explicit list of words
+    # --- attention affinity loss (needs dense_weight > 0; 0 disables it)
+    "attn_weight": 0.0,
+    "attn_blocks": 2,  # the last blocks whose attention is aligned (CAA uses the last half)
     # --- augmentation (random resized crop of the whole image, horizontal flip)
     "crop_scale": [0.7, 1.0],  # range of the crop's area fraction
     "crop_ratio": [0.8, 1.25],  # range of the crop's aspect ratio
@@ -113,7 +117,7 @@ def _check_settings(s: Mapping[str, Any]) -> None:
                 "text_layers", "text_heads", "context_length", "embed_dim", "batch_size", "threads"):
         if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 1:
             raise ValueError(f"demo_clip: {key} must be a positive integer, got {s[key]!r}")
-    for key in ("steps", "warmup", "fresh_scenes", "log_every", "dense_topk"):
+    for key in ("steps", "warmup", "fresh_scenes", "log_every", "dense_topk", "attn_blocks"):
         if not isinstance(s[key], int) or isinstance(s[key], bool) or s[key] < 0:
             raise ValueError(f"demo_clip: {key} must be a non-negative integer, got {s[key]!r}")
     if s["vision_width"] % s["vision_heads"]:
@@ -134,9 +138,13 @@ def _check_settings(s: Mapping[str, Any]) -> None:
     for key in ("lr", "temperature_init", "max_logit_scale", "dense_scale_init"):
         if not float(s[key]) > 0:
             raise ValueError(f"demo_clip: {key} must be positive, got {s[key]!r}")
-    for key in ("weight_decay", "dense_weight"):
+    for key in ("weight_decay", "dense_weight", "attn_weight"):
         if float(s[key]) < 0:
             raise ValueError(f"demo_clip: {key} must be >= 0, got {s[key]!r}")
+    if s["attn_weight"] > 0 and not 1 <= s["attn_blocks"] <= s["vision_layers"]:
+        raise ValueError(f"demo_clip: attn_blocks must be in 1..vision_layers ({s['vision_layers']}), got {s['attn_blocks']}")
+    if s["attn_weight"] > 0 and not s["dense_weight"] > 0:
+        raise ValueError("demo_clip: attn_weight > 0 needs dense_weight > 0 (the affinity target comes from it)")
     if s["pooling"] not in ("cls", "mean"):
         raise ValueError(f"demo_clip: pooling must be 'cls' or 'mean', got {s['pooling']!r}")
     if s["precision"] not in ("bf16", "fp32"):
@@ -303,8 +311,11 @@ def augment_batch(
 
 # -------------------------------------------------------------------------------------------- model
 
-def encode_image_train(model: CLIP, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(CLS embedding (B, E), patch embeddings (B, N, E)): proj(ln_post(token)) at any patch-multiple size."""
+def encode_image_train(
+    model: CLIP, images: torch.Tensor, attn_blocks: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+    """CLS embedding (B, E), patch embeddings (B, N, E) = proj(ln_post(token)), and the head-averaged
+    attention maps (B, 1+N, 1+N) of the last `attn_blocks` blocks; any patch-multiple image size."""
     visual = model.visual
     p = int(visual.patch_size[0])
     gh, gw = images.shape[-2] // p, images.shape[-1] // p
@@ -318,10 +329,18 @@ def encode_image_train(model: CLIP, images: torch.Tensor) -> tuple[torch.Tensor,
     if (gh, gw) != tuple(visual.grid_size):
         pos = interpolate_pos_embed(pos, (gh, gw))
     x = visual.ln_pre(x + pos.to(x.dtype))
-    x = visual.transformer(x)
+    blocks = visual.transformer.resblocks
+    first_with_attn = len(blocks) - int(attn_blocks)
+    attns: list[torch.Tensor] = []
+    for i, block in enumerate(blocks):
+        if i < first_with_attn:
+            x = block(x)  # fused attention kernel
+        else:
+            x, a = block_forward_with_attention(block, x)
+            attns.append(a)
     x = visual.ln_post(x)
     emb = x @ visual.proj
-    return emb[:, 0], emb[:, 1:]
+    return emb[:, 0], emb[:, 1:], attns
 
 
 def dense_caption_loss(
@@ -340,6 +359,29 @@ def dense_caption_loss(
     pooled = prob.topk(k, dim=1).values.mean(dim=1)  # (B, C)
     cover = -(pooled.clamp_min(1e-6).log() * pres).sum() / pres.sum().clamp_min(1.0)
     return inside + cover
+
+
+def attention_affinity_loss(
+    attentions: Sequence[torch.Tensor], patch_emb: torch.Tensor, concept_emb: torch.Tensor,
+    present: torch.Tensor, scale: torch.Tensor,
+) -> torch.Tensor:
+    """Cross-entropy from the caption-restricted concept affinity to the patch-to-patch attention rows.
+
+    Target row i: P P^T normalised, where P (B, N, C) is each patch's concept softmax restricted to the
+    concepts its caption names (detached: the attention follows the semantics, not the reverse). The
+    attention rows (CLS column dropped, renormalised) are what CAA turns into an affinity.
+    """
+    with torch.no_grad():
+        p = F.normalize(patch_emb.float(), dim=-1) @ F.normalize(concept_emb.float(), dim=-1).t()
+        p = (scale * p).masked_fill(~present[:, None, :], float("-inf")).softmax(dim=-1)
+        target = p @ p.transpose(1, 2)  # (B, N, N)
+        target = target / target.sum(dim=-1, keepdim=True)
+    loss = patch_emb.new_zeros((), dtype=torch.float32)
+    for a in attentions:
+        a = a[:, 1:, 1:].float()
+        log_a = (a / a.sum(dim=-1, keepdim=True)).clamp_min(1e-8).log()
+        loss = loss - (target * log_a).sum(dim=-1).mean()
+    return loss / max(1, len(attentions))
 
 
 def _param_groups(params: Sequence[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict]:
@@ -426,6 +468,7 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
     cursor = 0
     history: list[dict] = []
     t_loop = time.perf_counter()
+    cpu_loop = time.process_time()
     for step in range(steps):
         if cursor + bs > n:  # new epoch: fresh permutation, drop the incomplete tail
             order = torch.randperm(n, generator=gen)
@@ -439,7 +482,8 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
         for group in opt.param_groups:
             group["lr"] = lr
         with _autocast(s["precision"], device):
-            cls_emb, patch_emb = encode_image_train(model, x)
+            use_attn = float(s["attn_weight"]) > 0
+            cls_emb, patch_emb, attns = encode_image_train(model, x, int(s["attn_blocks"]) if use_attn else 0)
             img = cls_emb if s["pooling"] == "cls" else patch_emb.mean(dim=1)
             txt = model.encode_text(tokens[idx].to(device))
             if s["dense_weight"] > 0:
@@ -455,6 +499,11 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
             dense = dense_caption_loss(patch_emb, concept_emb, present[idx].to(device), dense_log_scale.exp(),
                                        int(s["dense_topk"]))
             loss = loss + float(s["dense_weight"]) * dense
+        attn_loss = torch.zeros((), device=device)
+        if use_attn:
+            attn_loss = attention_affinity_loss(attns, patch_emb, concept_emb, present[idx].to(device),
+                                                dense_log_scale.exp())
+            loss = loss + float(s["attn_weight"]) * attn_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -463,14 +512,17 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
             dense_log_scale.clamp_(0.0, max_log_scale)
         acc = (logits.detach().argmax(dim=1) == target).float().mean().item()
         rec = {"step": step + 1, "loss": loss.item(), "clip_loss": clip_loss.item(), "dense_loss": dense.item(),
-               "acc": acc, "logit_scale": float(model.logit_scale.exp()), "lr": lr}
+               "attn_loss": attn_loss.item(),
+               "acc": acc, "logit_scale": model.logit_scale.detach().exp().item(), "lr": lr}
         history.append(rec)
         if s["log_every"] and ((step + 1) % int(s["log_every"]) == 0 or step + 1 == steps):
             el = time.perf_counter() - t_loop
             log(f"demo_clip: step {step + 1}/{steps} loss {rec['loss']:.4f} (clip {rec['clip_loss']:.4f}, "
-                f"dense {rec['dense_loss']:.4f}) acc {acc:.3f} scale {rec['logit_scale']:.1f} "
+                f"dense {rec['dense_loss']:.4f}, attn {rec['attn_loss']:.4f}) acc {acc:.3f} scale {rec['logit_scale']:.1f} "
                 f"{(step + 1) * bs / max(el, 1e-9):.0f} img/s")
     train_s = time.perf_counter() - t_loop
+    # CPU time of this process: with other jobs on the machine, wall time alone overstates the cost
+    cpu_s = time.process_time() - cpu_loop
 
     model.eval()
     model.requires_grad_(False)
@@ -484,16 +536,19 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
         "threads": torch.get_num_threads(),
         "data_seconds": round(t_data, 2),
         "train_seconds": round(train_s, 2),
+        "train_cpu_seconds": round(cpu_s, 2),
         "images_per_second": round(steps * bs / train_s, 1) if steps and train_s > 0 else None,
         "final_loss": float(np.mean([r["loss"] for r in tail])) if tail else None,
         "final_clip_loss": float(np.mean([r["clip_loss"] for r in tail])) if tail else None,
         "final_dense_loss": float(np.mean([r["dense_loss"] for r in tail])) if tail else None,
+        "final_attn_loss": float(np.mean([r["attn_loss"] for r in tail])) if tail else None,
         "final_batch_accuracy": float(np.mean([r["acc"] for r in tail])) if tail else None,
-        "logit_scale": float(model.logit_scale.exp()),
+        "logit_scale": model.logit_scale.detach().exp().item(),
         "loss_curve": [round(r["loss"], 5) for r in history],
     }
     save_demo_clip(model, cfg, out_path, settings=s, metrics=metrics)
-    log(f"demo_clip: trained {steps} steps in {train_s:.1f}s ({metrics['images_per_second']} img/s); wrote {out_path}")
+    log(f"demo_clip: trained {steps} steps in {train_s:.1f}s wall, {cpu_s:.1f}s CPU "
+        f"({metrics['images_per_second']} img/s); wrote {out_path}")
     return metrics
 
 

@@ -25,6 +25,8 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw
 
+from wsss.palette import voc_palette  # noqa: F401  (re-exported: the demo world's PNG palette)
+
 GENERATOR_VERSION = "1.0"
 
 DEMO_CLASSES: tuple[str, ...] = ("aeroplane", "bird", "boat", "car", "cow", "person")
@@ -49,22 +51,6 @@ MIN_INSTANCE_PIXELS = 20   # the same per <object>, so no XML object is invisibl
 MAX_SCENE_TRIES = 200
 
 _RGB = tuple[float, float, float]
-
-
-def voc_palette() -> list[int]:
-    """Return the standard PASCAL VOC colour map as 768 ints (R, G, B for indices 0..255)."""
-    palette: list[int] = []
-    for index in range(256):
-        r = g = b = 0
-        c = index
-        for bit in range(8):
-            # bits 0/1/2 of every 3-bit group go, most significant first, into R/G/B
-            r |= ((c >> 0) & 1) << (7 - bit)
-            g |= ((c >> 1) & 1) << (7 - bit)
-            b |= ((c >> 2) & 1) << (7 - bit)
-            c >>= 3
-        palette += [r, g, b]
-    return palette
 
 
 # ----------------------------------------------------------------------------------- noise helpers

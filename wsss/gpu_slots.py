@@ -54,9 +54,7 @@ def parse_visible_devices(value: str | None) -> list[str] | None:
 def count_nvidia_smi_gpus() -> int:
     """Number of physical GPUs listed by ``nvidia-smi -L`` (0 if the tool is missing or fails)."""
     try:
-        out = subprocess.run(
-            ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False
-        )
+        out = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30, check=False)
     except (OSError, subprocess.TimeoutExpired):
         return 0
     if out.returncode != 0:
@@ -145,9 +143,7 @@ def acquire_gpu_fds(
     if count < 1:
         raise ValueError(f"count must be >= 1, got {count}")
     if count > len(devices):
-        raise ValueError(
-            f"job needs count={count} GPU(s) but only {len(devices)} are visible: {list(devices)}"
-        )
+        raise ValueError(f"job needs count={count} GPU(s) but only {len(devices)} are visible: {list(devices)}")
     if poll_s <= 0:
         raise ValueError(f"poll_s must be > 0, got {poll_s}")
     lock_dir = Path(lock_dir)
@@ -203,7 +199,8 @@ def gpu_slot(
     flock locks belong to the open file and vanish when the process dies, so a crashed or
     SIGKILLed job frees its slot immediately: there are no stale lock files to clean up.
     ``lock_dir`` must be local to the machine (e.g. :func:`default_lock_dir`): on a shared
-    filesystem, jobs on different hosts would contend for each other's "GPU 0".
+    filesystem, jobs on different hosts would contend for each other's "GPU 0".  Do not nest
+    it: an inner call sees only the devices the outer one holds (all busy) and waits.
     """
     if os.environ.get(OPT_OUT_ENV, "") not in ("", "0") or scheduler_assigned():
         yield os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -242,9 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("no command given (use: python -m wsss.gpu_slots [options] -- CMD ...)")
-    with gpu_slot(
-        args.lock_dir, args.n_gpus, count=args.count, timeout_s=args.timeout, poll_s=args.poll
-    ):
+    with gpu_slot(args.lock_dir, args.n_gpus, count=args.count, timeout_s=args.timeout, poll_s=args.poll):
         return subprocess.run(cmd, check=False).returncode
 
 

@@ -79,8 +79,9 @@ def softmax_gradcam(
     """CLIP-ES softmax-GradCAM of one preprocessed image (3, H, W) for its K present classes.
 
     fg_text (K, E) holds the text embeddings of the image's present classes only (in label order) and
-    bg_text (M, E) the background words; both L2-normalised. The model's weight dtype sets the precision
-    (fp16 weights = the reference's manual half precision; fp32 otherwise).
+    bg_text (M, E) the background words (both are L2-renormalised in the model dtype, as the reference
+    does). The model's weight dtype sets the precision: fp16 weights give the reference's manual half
+    precision (no autocast, which would change the softmax/LayerNorm dtypes), fp32 weights give fp32.
     """
     if score not in _SCORES:
         raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
@@ -103,6 +104,8 @@ def softmax_gradcam(
     tokens, attentions = encode_image_tokens(model, image[None].to(device), upto_block=n_blocks - 1)
     text = torch.cat([fg_text, bg_text], dim=0) if use_background else fg_text
     text = text.to(device=device, dtype=dtype)
+    # the reference renormalises the (already unit) text features in the model dtype before the logits
+    text = text / text.norm(dim=-1, keepdim=True)
 
     with torch.enable_grad():
         # one copy of the last block per present class; the copies are independent in the batch, so the

@@ -56,12 +56,26 @@ def summarize(metric_files: Sequence[str | os.PathLike], csv_path: str | os.Path
     frames = [pd.read_csv(p) for p in metric_files]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
     _atomic_csv(table, csv_path)
-    lines = ["| method | stage | split | metric | value |", "|---|---|---|---|---|"]
-    for row in table.itertuples(index=False):
-        value = f"{row.value:.4f}" if isinstance(row.value, float) else str(row.value)
-        lines.append(f"| {row.method} | {row.stage} | {row.split} | {row.metric} | {value} |")
+    lines = ["| method | stage | split | " + " | ".join(_metric_order(table)) + " |",
+             "|---|---|---|" + "---|" * len(_metric_order(table))]
+    for (method, stage, split), group in table.groupby(["method", "stage", "split"], sort=False):
+        values = dict(zip(group["metric"], group["value"]))
+        cells = [_format(values.get(metric)) for metric in _metric_order(table)]
+        lines.append(f"| {method} | {stage} | {split} | " + " | ".join(cells) + " |")
     md_path = Path(md_path)
     tmp = md_path.with_name(f".{md_path.name}.tmp-{os.getpid()}")
     tmp.write_text("\n".join(lines) + "\n")
     os.replace(tmp, md_path)
     return table
+
+
+def _metric_order(table: pd.DataFrame) -> list[str]:
+    """Metric names in order of first appearance (mIoU first, as every evaluation writes it first)."""
+    return list(dict.fromkeys(table["metric"]))
+
+
+def _format(value: object) -> str:
+    """A metric cell: four decimals for numbers, a dash where the stage has no such metric."""
+    if value is None or (isinstance(value, float) and value != value):
+        return "–"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)

@@ -8,7 +8,8 @@
 #
 # Environment knobs:
 #   WSSS_SLURM_TIMEOUT=60        seconds to wait for the node to become idle
-#   WSSS_SLURM_PARTITION=debug   name of the single (default) partition
+#   WSSS_SLURM_PARTITION=debug   name of the default partition (partitions "cpu" and "gpu" hold
+#                                the same node, matching profiles/slurm)
 #   WSSS_SLURM_MEM_MARGIN_MB=512 memory kept back from what `slurmd -C` detects
 #   WSSS_SLURM_NO_ETC=1          leave /etc/slurm alone; clients then need
 #                                `export SLURM_CONF=$STATE_DIR/slurm.conf`
@@ -111,6 +112,10 @@ real_mb=$((detected_mb - margin_mb))
 
 conf="$state_dir/slurm.conf"
 gres="$state_dir/gres.conf"
+extra_partitions=""
+for name in cpu gpu; do
+    [[ $name == "$partition" ]] || extra_partitions+="PartitionName=$name Nodes=$host MaxTime=INFINITE State=UP"$'\n'
+done
 cat >"$conf" <<EOF
 $MARKER on $(date -u +%Y-%m-%dT%H:%M:%SZ)
 ClusterName=wsss
@@ -143,6 +148,8 @@ DefMemPerCPU=1024
 GresTypes=gpu
 NodeName=$host CPUs=$cpus RealMemory=$real_mb Gres=gpu:1 State=UNKNOWN
 PartitionName=$partition Nodes=$host Default=YES MaxTime=INFINITE State=UP
+# The same node again under the names a typical site uses, so profiles/slurm (cpu/gpu) runs here.
+$extra_partitions
 EOF
 # A device file is required: a gres.conf with only Count=1 marks the node INVAL.  /dev/null gives
 # SLURM something to "bind", and jobs that ask for it get CUDA_VISIBLE_DEVICES=0.
@@ -211,7 +218,7 @@ while :; do
 done
 
 elapsed=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
-log "node $host is $state (CPUs=$cpus RealMemory=${real_mb}MB Gres=gpu:1, partition $partition) after ${elapsed}s"
+log "node $host is $state (CPUs=$cpus RealMemory=${real_mb}MB Gres=gpu:1; partitions $partition*, cpu, gpu) after ${elapsed}s"
 if [[ ${WSSS_SLURM_NO_ETC:-0} == 1 ]]; then
     log "clients need: export SLURM_CONF=$conf"
 fi
