@@ -12,7 +12,7 @@ rule train_demo_clip:
         f"{OUT}/benchmarks/train_demo_clip.tsv"
     conda:
         "../envs/wsss.yaml"
-    threads: workflow.cores
+    threads: res("train_demo_clip", "threads", 8)
     resources:
         gpu=GPU,
         mem_mb=res("train_demo_clip", "mem_mb", 8000),

@@ -13,7 +13,7 @@ rule train_segmenter:
         f"{OUT}/benchmarks/train_segmenter.tsv"
     conda:
         "../envs/wsss.yaml"
-    threads: workflow.cores
+    threads: res("train_segmenter", "threads", 8)
     resources:
         gpu=GPU,
         mem_mb=res("train_segmenter", "mem_mb", 16000),

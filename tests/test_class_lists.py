@@ -4,7 +4,7 @@ from importlib import resources
 
 import pytest
 
-from wsss.text_features import get_class_list, load_class_lists
+from wsss.classes import get_class_list, load_class_lists
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from importlib import resources
 from typing import Any
+
+import yaml
 
 from wsss.datasets import read_class_list
 
@@ -26,8 +29,6 @@ def dataset_vocabulary(config: Mapping[str, Any], dataset: Mapping[str, Any]) ->
 
         classes, prompts, background = list(DEMO_CLASSES), list(DEMO_CLASSES), list(DEMO_BACKGROUNDS)
     elif kind in ("voc", "coco"):
-        from wsss.text_features import load_class_lists
-
         lists = load_class_lists()
         classes, prompts, background = lists[f"{kind}_classes"], lists[f"{kind}_synonyms"], lists[f"{kind}_bg"]
     elif kind == "custom":
@@ -43,3 +44,22 @@ def dataset_vocabulary(config: Mapping[str, Any], dataset: Mapping[str, Any]) ->
     if kind == "custom" and not background:
         raise ValueError("text.background_words is required for a custom dataset (e.g. ground, sky, wall, water)")
     return Vocabulary(tuple(classes), tuple(prompts), tuple(background))
+
+
+def load_class_lists() -> dict[str, list[str]]:
+    """All packaged class, synonym and background lists (wsss/data/class_lists.yaml) by name."""
+    text = resources.files("wsss.data").joinpath("class_lists.yaml").read_text(encoding="utf-8")
+    lists = yaml.safe_load(text)
+    if not isinstance(lists, dict) or not all(
+        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in lists.values()
+    ):
+        raise ValueError("wsss/data/class_lists.yaml must map list names to lists of strings")
+    return lists
+
+
+def get_class_list(name: str) -> list[str]:
+    """One packaged list by name (e.g. voc_synonyms, coco_bg); ValueError naming the choices otherwise."""
+    lists = load_class_lists()
+    if name not in lists:
+        raise ValueError(f"unknown class list {name!r}; available: {sorted(lists)}")
+    return list(lists[name])

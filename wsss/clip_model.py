@@ -12,7 +12,7 @@ import math
 import os
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Sequence
 
 import numpy as np
 import open_clip
@@ -32,7 +32,9 @@ __all__ = [
     "image_to_tensor",
     "preprocess_image",
     "interpolate_pos_embed",
+    "attention_with_weights",
     "block_forward_with_attention",
+    "block_forward",
     "encode_image_tokens",
     "image_embedding_from_last_block",
     "model_dtype",
@@ -305,10 +307,11 @@ def image_to_tensor(
 ) -> torch.Tensor:
     """RGB-convert a PIL image and normalise it like torchvision ToTensor + Normalize: (3, H, W) float32."""
     arr = np.array(image.convert("RGB"), dtype=np.uint8, copy=True)
-    t = torch.from_numpy(arr).permute(2, 0, 1).float().div(255)
-    m = torch.as_tensor(mean, dtype=torch.float32)[:, None, None]
-    s = torch.as_tensor(std, dtype=torch.float32)[:, None, None]
-    return t.sub(m).div(s)
+    # the same elementwise ops as ToTensor + Normalize (x / 255, then - mean, then / std), but on the
+    # contiguous HWC array (one transposing copy at the end), which is several times faster
+    t = torch.from_numpy(arr).float().div_(255)
+    t.sub_(torch.as_tensor(mean, dtype=torch.float32)).div_(torch.as_tensor(std, dtype=torch.float32))
+    return t.permute(2, 0, 1).contiguous()
 
 
 def preprocess_image(
@@ -338,12 +341,32 @@ def interpolate_pos_embed(pos: torch.Tensor, grid_hw: tuple[int, int]) -> torch.
 
 
 def _check_block(block: torch.nn.Module) -> None:
-    """Fail clearly on block types whose attention cannot return weights."""
+    """Fail clearly on block types whose attention the explicit path below cannot reproduce."""
     attn = getattr(block, "attn", None)
     if not isinstance(attn, torch.nn.MultiheadAttention):
         raise ValueError(f"unsupported attention block {type(block).__name__}: need nn.MultiheadAttention")
     if hasattr(block, "ln_1_kv"):
         raise ValueError("cross-attention blocks are not supported")
+    if attn.in_proj_weight is None or attn.bias_k is not None or attn.add_zero_attn:
+        raise ValueError("attention with separate q/k/v projections, bias_k/bias_v or add_zero_attn is not supported")
+
+
+def attention_with_weights(attn: torch.nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Self-attention of (B, L, D) tokens with its head-averaged softmax weights (B, L, L), in eval mode.
+
+    The operations are those of nn.MultiheadAttention's need_weights branch (packed in-projection,
+    q scaled by 1/sqrt(head_dim) before q k^T, softmax, weights @ v, out-projection, mean over heads),
+    without its (B, L, D) <-> (L, B*H, hd) copies; the one softmax serves both the output and the map.
+    """
+    b, n, d = x.shape
+    heads = attn.num_heads
+    hd = d // heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, hd) views
+    weights = torch.softmax(torch.matmul(q * math.sqrt(1.0 / hd), k.transpose(-2, -1)), dim=-1)
+    out = torch.matmul(weights, v).transpose(1, 2).reshape(b, n, d)
+    out = F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
+    return out, weights.mean(dim=1)
 
 
 def block_forward_with_attention(
@@ -352,15 +375,17 @@ def block_forward_with_attention(
     """One open_clip residual block on (B, L, D) tokens, also returning head-averaged attention (B, L, L)."""
     _check_block(block)
     a = block.ln_1(x) if ln1 is None else ln1
-    if block.attn.batch_first:
-        out, weights = block.attn(a, a, a, need_weights=True, average_attn_weights=True)
-    else:
-        at = a.transpose(0, 1)
-        out, weights = block.attn(at, at, at, need_weights=True, average_attn_weights=True)
-        out = out.transpose(0, 1)
+    out, weights = attention_with_weights(block.attn, a)
     x = x + block.ls_1(out)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, weights
+
+
+def block_forward(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """One open_clip residual block on (B, L, D) tokens through its own forward (fused attention, no map)."""
+    if block.attn.batch_first:
+        return block(x)
+    return block(x.transpose(0, 1)).transpose(0, 1)
 
 
 def _embed_patches(model: CLIP, images: torch.Tensor) -> torch.Tensor:
@@ -384,35 +409,51 @@ def _embed_patches(model: CLIP, images: torch.Tensor) -> torch.Tensor:
 
 
 def encode_image_tokens(
-    model: CLIP, images: torch.Tensor, *, upto_block: int
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """Tokens after blocks 0..upto_block-1 (no grad) and each block's head-averaged attention (B, 1+N, 1+N)."""
+    model: CLIP, images: torch.Tensor, *, upto_block: int, attention_blocks: Collection[int] | None = None
+) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
+    """Tokens after blocks 0..upto_block-1 (no grad) and each block's head-averaged attention (B, 1+N, 1+N).
+
+    attention_blocks (indices into the model's blocks; None = all) limits the maps to those needed: the
+    other blocks run open_clip's fused attention and give None in the list (same numbers up to rounding).
+    """
     blocks = model.visual.transformer.resblocks
     if not 0 <= upto_block <= len(blocks):
         raise ValueError(f"upto_block must be in [0, {len(blocks)}], got {upto_block}")
-    attns: list[torch.Tensor] = []
+    wanted = set(range(len(blocks))) if attention_blocks is None else {i % len(blocks) for i in attention_blocks}
+    attns: list[torch.Tensor | None] = []
     with torch.no_grad():
         x = _embed_patches(model, images)
-        for block in blocks[:upto_block]:
-            x, w = block_forward_with_attention(block, x)
+        for i, block in enumerate(blocks[:upto_block]):
+            if i in wanted:
+                x, w = block_forward_with_attention(block, x)
+            else:
+                x, w = block_forward(block, x), None
             attns.append(w)
     return x, attns
 
 
 def image_embedding_from_last_block(
-    model: CLIP, tokens: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    model: CLIP, tokens: torch.Tensor, *, need_attention: bool = True
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Last block + head: (proj(ln_post(mean of patch tokens)) (B, E), ln_1 output (B, 1+N, D), attention).
 
     With grad enabled the ln_1 output is part of the autograd graph (a fresh leaf if the tokens do not
-    require grad), so torch.autograd.grad(score, ln1) gives the GradCAM gradients.
+    require grad), so torch.autograd.grad(score, ln1) gives the GradCAM gradients. Without need_attention
+    the block uses nn.MultiheadAttention's fused path and the attention is None.
     """
     block = model.visual.transformer.resblocks[-1]
     _check_block(block)
     ln1 = block.ln_1(tokens)
     if torch.is_grad_enabled() and not ln1.requires_grad:
         ln1 = ln1.detach().requires_grad_(True)
-    x, attn = block_forward_with_attention(block, tokens, ln1=ln1)
+    if need_attention:
+        x, attn = block_forward_with_attention(block, tokens, ln1=ln1)
+    else:
+        at = ln1 if block.attn.batch_first else ln1.transpose(0, 1)
+        out = block.attn(at, at, at, need_weights=False)[0]
+        out = out if block.attn.batch_first else out.transpose(0, 1)
+        x = tokens + block.ls_1(out)
+        x, attn = x + block.ls_2(block.mlp(block.ln_2(x))), None
     x = model.visual.ln_post(x)
     # CLIP-ES pools the patch tokens; the CLS token is not used
     pooled = x[:, 1:, :].mean(dim=1)

@@ -1,4 +1,4 @@
-"""Softmax-GradCAM on CLIP (CLIP-ES §5): all present classes in one batched backward through the last block."""
+"""Softmax-GradCAM on CLIP (CLIP-ES §5): one forward of the last block, then one backward per present class."""
 
 from __future__ import annotations
 
@@ -10,7 +10,14 @@ from open_clip.model import CLIP
 
 from .clip_model import encode_image_tokens, image_embedding_from_last_block, model_dtype, patch_size
 
-__all__ = ["CamResult", "minmax_normalize", "cam_from_activations", "layer_mean_attention", "softmax_gradcam"]
+__all__ = [
+    "CamResult",
+    "minmax_normalize",
+    "cam_from_activations",
+    "attention_block_indices",
+    "layer_mean_attention",
+    "softmax_gradcam",
+]
 
 _SCORES = ("softmax", "logit")
 
@@ -54,13 +61,27 @@ def cam_from_activations(acts: torch.Tensor, grads: torch.Tensor, grid_hw: tuple
     return minmax_normalize(minmax_normalize(cam))
 
 
-def layer_mean_attention(attentions: Sequence[torch.Tensor], layers: Sequence[int | None] = (-8, None)) -> torch.Tensor:
-    """Mean over the selected blocks of head-averaged attention maps (1+N, 1+N), CLS row/column dropped, fp32."""
+def attention_block_indices(n_blocks: int, layers: Sequence[int | None] = (-8, None)) -> list[int]:
+    """Indices of the blocks whose attention maps the [start, stop] layer slice selects."""
+    if len(layers) != 2:
+        raise ValueError(f"attention layers must be a [start, stop] pair, got {layers!r}")
+    return list(range(n_blocks))[slice(layers[0], layers[1])]
+
+
+def layer_mean_attention(
+    attentions: Sequence[torch.Tensor | None], layers: Sequence[int | None] = (-8, None)
+) -> torch.Tensor:
+    """Mean over the selected blocks of head-averaged attention maps (1+N, 1+N), CLS row/column dropped, fp32.
+
+    Entries of blocks outside the selection may be None (maps that were never computed).
+    """
     if len(layers) != 2:
         raise ValueError(f"attention layers must be a [start, stop] pair, got {layers!r}")
     chosen = list(attentions)[slice(layers[0], layers[1])]
     if not chosen:
         raise ValueError(f"attention layers {list(layers)} select none of {len(attentions)} blocks")
+    if any(a is None for a in chosen):
+        raise ValueError(f"attention layers {list(layers)} select blocks whose maps were not computed")
     stacked = torch.stack([a[1:, 1:] for a in chosen])
     # the reference averages the fp16 maps on the GPU (fp32 accumulation, one rounding), then goes to fp32
     return stacked.float().mean(dim=0).to(stacked.dtype).float()
@@ -101,25 +122,34 @@ def softmax_gradcam(
     n_blocks = len(model.visual.transformer.resblocks)
     k = int(fg_text.shape[0])
 
-    tokens, attentions = encode_image_tokens(model, image[None].to(device), upto_block=n_blocks - 1)
+    wanted = attention_block_indices(n_blocks, attn_layers)
+    if not wanted:
+        raise ValueError(f"attention layers {list(attn_layers)} select none of {n_blocks} blocks")
+    # blocks whose maps the layer mean does not use run the fused attention (same numbers up to rounding)
+    tokens, attentions = encode_image_tokens(model, image[None].to(device), upto_block=n_blocks - 1,
+                                             attention_blocks=wanted)
     text = torch.cat([fg_text, bg_text], dim=0) if use_background else fg_text
     text = text.to(device=device, dtype=dtype)
     # the reference renormalises the (already unit) text features in the model dtype before the logits
     text = text / text.norm(dim=-1, keepdim=True)
 
     with torch.enable_grad():
-        # one copy of the last block per present class; the copies are independent in the batch, so the
-        # summed score has per-copy gradients equal to K separate backward passes
-        emb, ln1, attn_last = image_embedding_from_last_block(model, tokens.expand(k, -1, -1).contiguous())
+        # The last block's forward is the same for every class, so it runs once; each class then gets its
+        # own backward pass through the retained graph (w.r.t. the ln_1 output only: the parameters are
+        # frozen). This equals the reference's K separate forward/backward passes.
+        emb, ln1, attn_last = image_embedding_from_last_block(model, tokens, need_attention=n_blocks - 1 in wanted)
         feats = emb / emb.norm(dim=-1, keepdim=True)
-        logits = (model.logit_scale.exp() * feats) @ text.t()  # (K, K+M), same operand order as the reference
+        logits = (model.logit_scale.exp() * feats) @ text.t()  # (1, K+M), same operand order as the reference
         scores = logits.softmax(dim=-1) if score == "softmax" else logits
-        idx = torch.arange(k, device=device)
-        target = scores[idx, idx].sum()
-        (grads,) = torch.autograd.grad(target, ln1)
+        grads = torch.cat(
+            [torch.autograd.grad(scores[0, c], ln1, retain_graph=c < k - 1)[0] for c in range(k)]
+        )  # (K, 1+N, D)
 
-    cams = cam_from_activations(ln1.detach()[:, 1:, :], grads[:, 1:, :], grid_hw)
-    attention_mean = layer_mean_attention([a[0] for a in attentions] + [attn_last[0].detach()], attn_layers)
+    acts = ln1.detach()[:, 1:, :].expand(k, -1, -1)
+    cams = cam_from_activations(acts, grads[:, 1:, :], grid_hw)
+    last = attn_last[0].detach() if attn_last is not None else None
+    attention_mean = layer_mean_attention([a[0] if a is not None else None for a in attentions] + [last],
+                                          attn_layers)
     return CamResult(
         cams=cams.cpu(),
         attention_mean=attention_mean.cpu(),

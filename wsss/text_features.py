@@ -2,36 +2,17 @@
 
 from __future__ import annotations
 
-from importlib import resources
 from typing import Callable, Sequence
 
 import open_clip
 import torch
-import yaml
 from open_clip.model import CLIP
+
+from wsss.classes import get_class_list, load_class_lists  # noqa: F401  (re-exported)
 
 __all__ = ["DEFAULT_TEMPLATE", "load_class_lists", "get_class_list", "get_tokenizer", "text_features"]
 
 DEFAULT_TEMPLATE = "a clean origami {}."
-
-
-def load_class_lists() -> dict[str, list[str]]:
-    """All packaged class, synonym and background lists (wsss/data/class_lists.yaml) by name."""
-    text = resources.files("wsss.data").joinpath("class_lists.yaml").read_text(encoding="utf-8")
-    lists = yaml.safe_load(text)
-    if not isinstance(lists, dict) or not all(
-        isinstance(v, list) and all(isinstance(s, str) for s in v) for v in lists.values()
-    ):
-        raise ValueError("wsss/data/class_lists.yaml must map list names to lists of strings")
-    return lists
-
-
-def get_class_list(name: str) -> list[str]:
-    """One packaged list by name (e.g. voc_synonyms, coco_bg); ValueError naming the choices otherwise."""
-    lists = load_class_lists()
-    if name not in lists:
-        raise ValueError(f"unknown class list {name!r}; available: {sorted(lists)}")
-    return list(lists[name])
 
 
 def get_tokenizer(model_name: str = "ViT-B-16", context_length: int | None = None) -> Callable:

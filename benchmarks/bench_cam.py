@@ -1,0 +1,221 @@
+"""Benchmark of the CAM stage (CLIP-ES stage 1) against a bare CLIP image-encoder forward, on CPU.
+
+ViT-B/16 geometry with random weights (no download), VOC-sized images (500x375 -> 512x384 -> 32x24 =
+768 patch tokens), K foreground classes and M background words per image. Per repeat, interleaved so
+that load drift from other processes hits both alike:
+
+  (a) bare forward: ``model.encode_image`` under ``torch.no_grad`` on the same preprocessed tensors,
+      with the position embeddings interpolated to the image grid (swapped into the model for the call;
+      open_clip's own path then runs its fused attention without attention maps or gradients);
+  (b) the CAM rule: ``wsss.stages.cams.run_cams`` on a generated manifest of N JPEG images (decode,
+      preprocessing, softmax-GradCAM, layer-mean attention, gzip HDF5 writes of the CAMs and of the
+      attention), with the model loader patched to hand back the already loaded model.
+
+Afterwards ``run_caa`` refines the CAMs of the last repeat, and the bytes kept per image (initial CAM
+file + refined CAA file, gzip as the store writes it) are counted.
+
+    nice .venv/bin/python benchmarks/bench_cam.py                      # defaults: 4 images, 3 repeats, K=2, M=25
+    nice .venv/bin/python benchmarks/bench_cam.py --images 4 --repeats 5 --threads 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import wsss.stages.cams as cams_stage
+from wsss.clip_model import image_stats, interpolate_pos_embed, load_clip, patch_size, preprocess_image
+from wsss.datasets import MANIFEST_COLUMNS, write_manifest
+from wsss.h5store import image_ids, write_stage
+
+
+def synthetic_photo(rng: np.random.Generator, height: int, width: int) -> Image.Image:
+    """A photograph-like RGB image: smooth gradient background, a few coloured ellipses, mild noise."""
+    yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+    image = rng.uniform(40, 200, 3).astype(np.float32) + yy[..., None] * rng.uniform(-0.15, 0.15, 3).astype(
+        np.float32) + xx[..., None] * rng.uniform(-0.15, 0.15, 3).astype(np.float32)
+    for _ in range(int(rng.integers(3, 6))):
+        cy, cx = rng.uniform(0.15, 0.85) * height, rng.uniform(0.15, 0.85) * width
+        ry, rx = rng.uniform(0.08, 0.3) * height, rng.uniform(0.08, 0.3) * width
+        image[((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 <= 1.0] = rng.uniform(0, 255, 3)
+    image += rng.normal(0, 4, image.shape).astype(np.float32)
+    return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
+
+
+def make_inputs(folder: Path, n: int, height: int, width: int, k: int, n_classes: int, m: int, embed_dim: int,
+                seed: int) -> tuple[Path, Path]:
+    """Write n JPEGs, their manifest (K distinct labels each) and a text-feature file; return both paths."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        path = folder / f"bench_{i:04d}.jpg"
+        synthetic_photo(rng, height, width).save(path, quality=90)
+        labels = " ".join(str(c) for c in sorted(rng.choice(n_classes, size=k, replace=False)))
+        rows.append([path.stem, str(path), height, width, labels, "", ""])
+    manifest = folder / "manifest.tsv"
+    write_manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), manifest)
+    text = folder / "text.h5"
+    g = torch.Generator().manual_seed(seed)
+    with write_stage(text, "text_features", {"bench": True}) as out:
+        out.create_dataset("foreground", data=F.normalize(torch.randn(n_classes, embed_dim, generator=g), dim=-1).numpy())
+        out.create_dataset("background", data=F.normalize(torch.randn(m, embed_dim, generator=g), dim=-1).numpy())
+    return manifest, text
+
+
+@contextmanager
+def interpolated_positions(model, grid_hw: tuple[int, int]):
+    """Temporarily give the image tower position embeddings for the grid, so encode_image runs at that size."""
+    visual = model.visual
+    original = visual.positional_embedding
+    visual.positional_embedding = torch.nn.Parameter(interpolate_pos_embed(original.detach(), grid_hw),
+                                                     requires_grad=False)
+    try:
+        yield model
+    finally:
+        visual.positional_embedding = original
+
+
+@contextmanager
+def preloaded_model(model, mean, std):
+    """Make run_cams use the loaded model instead of building (and timing) a fresh one."""
+    original = cams_stage.load_cam_model
+    cams_stage.load_cam_model = lambda clip, checkpoint, device: (model, None, mean, std)
+    try:
+        yield
+    finally:
+        cams_stage.load_cam_model = original
+
+
+def bare_forward(model, tensors: list[torch.Tensor]) -> None:
+    """The baseline: one plain encode_image per image, no attention maps, no gradients."""
+    with torch.no_grad():
+        for x in tensors:
+            model.encode_image(x[None])
+
+
+def cam_rule(manifest: Path, text: Path, n: int, cams_path: Path, affinity_path: Path, cam_cfg: dict) -> None:
+    """The stage runner on one shard holding all n images."""
+    clip = {"model": "ViT-B-16", "pretrained": None, "precision": "fp32"}
+    cams_stage.run_cams(manifest, "00000", n, text, clip, [], cam_cfg, cams_path, affinity_path)
+
+
+def timed(fn, *args) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one call."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    fn(*args)
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def max_rss_mib() -> float:
+    """Peak resident set size of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def stored_bytes(path: Path) -> tuple[float, float]:
+    """(mean bytes of the stored datasets per image group, file size per image) of a stage file."""
+    with h5py.File(path, "r") as handle:
+        ids = image_ids(handle)
+        data = [sum(handle[i][name].id.get_storage_size() for name in handle[i]) for i in ids]
+    return float(np.mean(data)), os.path.getsize(path) / len(ids)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print the figures."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--height", type=int, default=375)
+    parser.add_argument("--width", type=int, default=500)
+    parser.add_argument("--classes", type=int, default=2, help="K, present foreground classes per image")
+    parser.add_argument("--background", type=int, default=25, help="M, background words")
+    parser.add_argument("--images", type=int, default=4, help="images per timed run (one shard)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved (a)/(b) pairs")
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
+    parser.add_argument("--attn-layers", type=int, default=-8, help="first block of the attention layer mean")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    load_before = os.getloadavg()
+    rss_start = max_rss_mib()
+    model = load_clip("ViT-B-16", None, precision="fp32", device="cpu")
+    rss_model = max_rss_mib()
+    mean, std = image_stats(model)
+    p = patch_size(model)
+    cam_cfg = {"score": "softmax", "use_background": True, "attn_layers": [args.attn_layers, None]}
+
+    with tempfile.TemporaryDirectory(prefix="bench_cam_") as tmp:
+        folder = Path(tmp)
+        manifest, text = make_inputs(folder, args.images, args.height, args.width, args.classes, 20,
+                                     args.background, int(model.text_projection.shape[1]), args.seed)
+        tensors = []
+        for path in sorted(folder.glob("bench_*.jpg")):
+            with Image.open(path) as image:
+                tensors.append(preprocess_image(image, p, mean, std))
+        grid = (tensors[0].shape[-2] // p, tensors[0].shape[-1] // p)
+        paths = (folder / "cams.h5", folder / "affinity.h5")
+
+        with interpolated_positions(model, grid):  # warm-up (allocator, oneDNN kernels), untimed
+            bare_forward(model, tensors[:1])
+        rss_bare = max_rss_mib()
+        with preloaded_model(model, mean, std):
+            cam_rule(manifest, text, args.images, *paths, cam_cfg)
+        rss_cam = max_rss_mib()
+
+        bare_w, bare_c, cam_w, cam_c = [], [], [], []
+        for _ in range(args.repeats):
+            with interpolated_positions(model, grid):
+                wall, cpu = timed(bare_forward, model, tensors)
+            bare_w.append(wall / args.images)
+            bare_c.append(cpu / args.images)
+            with preloaded_model(model, mean, std):
+                wall, cpu = timed(cam_rule, manifest, text, args.images, *paths, cam_cfg)
+            cam_w.append(wall / args.images)
+            cam_c.append(cpu / args.images)
+
+        caa_path = folder / "caa.h5"
+        caa_wall, _ = timed(cams_stage.run_caa, paths[0], paths[1], {}, caa_path)
+        cam_data, cam_file = stored_bytes(paths[0])
+        caa_data, caa_file = stored_bytes(caa_path)
+        _, affinity_file = stored_bytes(paths[1])
+    load_after = os.getloadavg()
+
+    ratios_w = [c / b for b, c in zip(bare_w, cam_w)]
+    ratios_c = [c / b for b, c in zip(bare_c, cam_c)]
+    med = statistics.median
+    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+          f"{torch.get_num_threads()} threads; load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
+    print(f"setup: {args.width}x{args.height} -> grid {grid[1]}x{grid[0]} = {grid[0] * grid[1]} tokens, "
+          f"K={args.classes}, M={args.background}, attention layers [{args.attn_layers}:], "
+          f"{args.images} images x {args.repeats} repeats (medians of per-repeat means)")
+    print(f"(a) bare encode_image      : {med(bare_w) * 1e3:8.1f} ms/image wall, {med(bare_c) * 1e3:8.1f} ms CPU")
+    print(f"(b) CAM rule (run_cams)    : {med(cam_w) * 1e3:8.1f} ms/image wall, {med(cam_c) * 1e3:8.1f} ms CPU, "
+          f"{1 / med(cam_w):.3f} images/s")
+    print(f"(b)/(a) per repeat (wall)  : {' '.join(f'{r:.3f}' for r in ratios_w)} -> median {med(ratios_w):.3f}")
+    print(f"(b)/(a) per repeat (CPU)   : {' '.join(f'{r:.3f}' for r in ratios_c)} -> median {med(ratios_c):.3f}")
+    print(f"run_caa ({args.images} images)     : {caa_wall / args.images * 1e3:8.1f} ms/image wall")
+    print(f"peak RSS: {rss_start:.0f} MiB at start, {rss_model:.0f} after loading the model, "
+          f"{rss_bare:.0f} after a bare forward, {rss_cam:.0f} after a CAM run "
+          f"(+{rss_cam - rss_bare:.0f} MiB for the CAM path)")
+    print(f"kept bytes/image: CAM datasets {cam_data:.0f} + CAA datasets {caa_data:.0f} = {cam_data + caa_data:.0f} B; "
+          f"whole files {cam_file:.0f} + {caa_file:.0f} = {cam_file + caa_file:.0f} B "
+          f"(intermediate affinity file {affinity_file:.0f} B/image, not kept)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
