@@ -108,10 +108,11 @@ def bare_forward(model, tensors: list[torch.Tensor]) -> None:
             model.encode_image(x[None])
 
 
-def cam_rule(manifest: Path, text: Path, n: int, cams_path: Path, affinity_path: Path, cam_cfg: dict) -> None:
-    """The stage runner on one shard holding all n images."""
+def cam_rule(manifest: Path, text: Path, shard: str, shard_size: int, cams_path: Path, affinity_path: Path,
+             cam_cfg: dict) -> None:
+    """The stage runner on one shard of the manifest (shard_size images)."""
     clip = {"model": "ViT-B-16", "pretrained": None, "precision": "fp32"}
-    cams_stage.run_cams(manifest, "00000", n, text, clip, [], cam_cfg, cams_path, affinity_path)
+    cams_stage.run_cams(manifest, shard, shard_size, text, clip, [], cam_cfg, cams_path, affinity_path)
 
 
 def timed(fn, *args) -> tuple[float, float]:
@@ -119,6 +120,18 @@ def timed(fn, *args) -> tuple[float, float]:
     wall, cpu = time.perf_counter(), time.process_time()
     fn(*args)
     return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def cpu_model() -> str:
+    """The CPU model name from /proc/cpuinfo (Linux), else the platform's processor string."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def max_rss_mib() -> float:
@@ -141,8 +154,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--width", type=int, default=500)
     parser.add_argument("--classes", type=int, default=2, help="K, present foreground classes per image")
     parser.add_argument("--background", type=int, default=25, help="M, background words")
-    parser.add_argument("--images", type=int, default=4, help="images per timed run (one shard)")
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved (a)/(b) pairs")
+    parser.add_argument("--images", type=int, default=4, help="generated images (one manifest)")
+    parser.add_argument("--repeats", type=int, default=3, help="passes over the images, one (a)/(b) pair per image")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--attn-layers", type=int, default=-8, help="first block of the attention layer mean")
     parser.add_argument("--seed", type=int, default=0)
@@ -173,19 +186,27 @@ def main(argv: list[str] | None = None) -> int:
             bare_forward(model, tensors[:1])
         rss_bare = max_rss_mib()
         with preloaded_model(model, mean, std):
-            cam_rule(manifest, text, args.images, *paths, cam_cfg)
+            cam_rule(manifest, text, "00000", args.images, *paths, cam_cfg)
         rss_cam = max_rss_mib()
 
+        # Paired, interleaved timings: image i through (a), then the same image as a one-image shard
+        # through (b) (order swapped every other pair), so that load from other processes hits both alike.
         bare_w, bare_c, cam_w, cam_c = [], [], [], []
-        for _ in range(args.repeats):
-            with interpolated_positions(model, grid):
-                wall, cpu = timed(bare_forward, model, tensors)
-            bare_w.append(wall / args.images)
-            bare_c.append(cpu / args.images)
-            with preloaded_model(model, mean, std):
-                wall, cpu = timed(cam_rule, manifest, text, args.images, *paths, cam_cfg)
-            cam_w.append(wall / args.images)
-            cam_c.append(cpu / args.images)
+        for r in range(args.repeats):
+            for i, tensor in enumerate(tensors):
+                shard_paths = (folder / f"cams_{i:05d}.h5", folder / f"affinity_{i:05d}.h5")
+                pair = {}
+                for what in (("bare", "cam") if (r + i) % 2 == 0 else ("cam", "bare")):
+                    if what == "bare":
+                        with interpolated_positions(model, grid):
+                            pair[what] = timed(bare_forward, model, [tensor])
+                    else:
+                        with preloaded_model(model, mean, std):
+                            pair[what] = timed(cam_rule, manifest, text, f"{i:05d}", 1, *shard_paths, cam_cfg)
+                bare_w.append(pair["bare"][0])
+                bare_c.append(pair["bare"][1])
+                cam_w.append(pair["cam"][0])
+                cam_c.append(pair["cam"][1])
 
         caa_path = folder / "caa.h5"
         caa_wall, _ = timed(cams_stage.run_caa, paths[0], paths[1], {}, caa_path)
@@ -194,19 +215,19 @@ def main(argv: list[str] | None = None) -> int:
         _, affinity_file = stored_bytes(paths[1])
     load_after = os.getloadavg()
 
-    ratios_w = [c / b for b, c in zip(bare_w, cam_w)]
-    ratios_c = [c / b for b, c in zip(bare_c, cam_c)]
+    ratios_w = sorted(c / b for b, c in zip(bare_w, cam_w))
+    ratios_c = sorted(c / b for b, c in zip(bare_c, cam_c))
     med = statistics.median
-    print(f"machine: {platform.processor() or platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{torch.get_num_threads()} threads; load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
     print(f"setup: {args.width}x{args.height} -> grid {grid[1]}x{grid[0]} = {grid[0] * grid[1]} tokens, "
           f"K={args.classes}, M={args.background}, attention layers [{args.attn_layers}:], "
-          f"{args.images} images x {args.repeats} repeats (medians of per-repeat means)")
+          f"{args.images} images x {args.repeats} repeats, paired and interleaved (medians over pairs)")
     print(f"(a) bare encode_image      : {med(bare_w) * 1e3:8.1f} ms/image wall, {med(bare_c) * 1e3:8.1f} ms CPU")
     print(f"(b) CAM rule (run_cams)    : {med(cam_w) * 1e3:8.1f} ms/image wall, {med(cam_c) * 1e3:8.1f} ms CPU, "
           f"{1 / med(cam_w):.3f} images/s")
-    print(f"(b)/(a) per repeat (wall)  : {' '.join(f'{r:.3f}' for r in ratios_w)} -> median {med(ratios_w):.3f}")
-    print(f"(b)/(a) per repeat (CPU)   : {' '.join(f'{r:.3f}' for r in ratios_c)} -> median {med(ratios_c):.3f}")
+    print(f"(b)/(a) per pair, wall     : {' '.join(f'{r:.3f}' for r in ratios_w)} -> median {med(ratios_w):.3f}")
+    print(f"(b)/(a) per pair, CPU      : {' '.join(f'{r:.3f}' for r in ratios_c)} -> median {med(ratios_c):.3f}")
     print(f"run_caa ({args.images} images)     : {caa_wall / args.images * 1e3:8.1f} ms/image wall")
     print(f"peak RSS: {rss_start:.0f} MiB at start, {rss_model:.0f} after loading the model, "
           f"{rss_bare:.0f} after a bare forward, {rss_cam:.0f} after a CAM run "

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from wsss.gpu_slots import acquire_gpu_fds, gpu_slot, main, parse_visible_devices, visible_gpus
+from wsss.gpu_slots import acquire_gpu_fds, default_lock_dir, gpu_slot, main, parse_visible_devices, visible_gpus
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -249,3 +249,10 @@ def test_cli_runs_command_with_slot(tmp_path, capfd, no_scheduler):
     assert rc == 3
     assert "CVD=0" in capfd.readouterr().out
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
+
+
+def test_default_lock_dir(tmp_path, monkeypatch):
+    monkeypatch.delenv("WSSS_GPU_LOCK_DIR", raising=False)
+    assert default_lock_dir().name == f"wsss-gpu-slots-{os.getuid()}"
+    monkeypatch.setenv("WSSS_GPU_LOCK_DIR", str(tmp_path / "shared"))
+    assert default_lock_dir() == tmp_path / "shared"

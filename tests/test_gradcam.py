@@ -6,8 +6,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss.clip_model import build_clip, encode_image_tokens, image_embedding_from_last_block
-from wsss.gradcam import cam_from_activations, layer_mean_attention, minmax_normalize, softmax_gradcam
+from wsss.clip_model import attention_parts, build_clip, encode_image_tokens, image_embedding_from_last_block
+from wsss.gradcam import (
+    cam_from_activations,
+    cam_from_channel_weights,
+    layer_mean_attention,
+    minmax_normalize,
+    patch_sum_of_input_gradients,
+    softmax_gradcam,
+)
 
 TINY = {
     "embed_dim": 32,
@@ -197,3 +204,67 @@ def test_half_precision_weights_follow_the_reference_dtypes(model, texts):
     assert torch.allclose(r16.attention_mean, r32.attention_mean, atol=1e-3)
     assert torch.allclose(r16.logits, r32.logits, atol=2e-2)
     assert torch.allclose(r16.cams, r32.cams, atol=3e-2)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+@pytest.mark.parametrize("score", ["softmax", "logit"])
+@pytest.mark.parametrize("layers", [(-8, None), (-3, -1)])
+def test_patch_sum_gradients_equal_per_token_gradients(model, texts, k, score, layers):
+    # the fast path (autograd stops at the attention output, patch sums by hand) against the
+    # reference arithmetic (every token's gradient w.r.t. the ln_1 output, then the mean)
+    fg, bg = texts
+    image = torch.randn(3, 48, 64, generator=torch.Generator().manual_seed(10 + k))
+    fast = softmax_gradcam(model, image, fg[:k], bg, score=score, attn_layers=layers, gradients="patch_sum")
+    slow = softmax_gradcam(model, image, fg[:k], bg, score=score, attn_layers=layers, gradients="per_token")
+    assert fast.cams.shape == slow.cams.shape == (k, 3, 4)
+    assert torch.allclose(fast.cams, slow.cams, atol=1e-5)
+    assert torch.allclose(fast.logits, slow.logits, atol=1e-6)
+    assert torch.allclose(fast.attention_mean, slow.attention_mean, atol=1e-7)
+    # fp32 weights take the fast path by default
+    assert torch.equal(softmax_gradcam(model, image, fg[:k], bg, score=score, attn_layers=layers).cams, fast.cams)
+
+
+def test_patch_sum_of_input_gradients_matches_autograd():
+    # independent check of the hand-written backward: autograd through scaled_dot_product_attention, fp64
+    torch.manual_seed(11)
+    mha = torch.nn.MultiheadAttention(24, 3, batch_first=True).double().eval().requires_grad_(False)
+    x = torch.randn(9, 24, dtype=torch.float64)
+    g = torch.randn(4, 9, 24, dtype=torch.float64)  # 4 arbitrary upstream gradients w.r.t. the attention output
+    xr = x.clone().requires_grad_(True)
+    q, k, v = F.linear(xr, mha.in_proj_weight, mha.in_proj_bias).reshape(9, 3, 3, 8).permute(1, 2, 0, 3)
+    out = F.scaled_dot_product_attention(q, k, v).transpose(0, 1).reshape(9, 24)
+    expect = torch.stack(
+        [torch.autograd.grad((out * g[c]).sum(), xr, retain_graph=True)[0][1:].sum(0) for c in range(4)]
+    )
+    got = patch_sum_of_input_gradients(attention_parts(mha, x), g, mha.in_proj_weight)
+    assert got.shape == (4, 24)
+    assert torch.allclose(got, expect, rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="d_out"):
+        patch_sum_of_input_gradients(attention_parts(mha, x), g[:, 1:], mha.in_proj_weight)
+
+
+def test_half_precision_default_keeps_per_token_arithmetic(model, texts):
+    from open_clip.model import convert_weights_to_lp
+
+    half = build_clip(copy.deepcopy(TINY), cast_dtype=torch.float16).eval().requires_grad_(False)
+    half.load_state_dict(model.state_dict())
+    convert_weights_to_lp(half, dtype=torch.float16)
+    fg, bg = texts
+    image = torch.randn(3, 32, 64, generator=torch.Generator().manual_seed(12))
+    auto = softmax_gradcam(half, image, fg, bg)
+    per_token = softmax_gradcam(half, image, fg, bg, gradients="per_token")
+    assert torch.equal(auto.cams, per_token.cams) and torch.equal(auto.attention_mean, per_token.attention_mean)
+    fast = softmax_gradcam(half, image, fg, bg, gradients="patch_sum")  # allowed, but rounds differently
+    assert torch.allclose(fast.cams, per_token.cams, atol=3e-2)
+    with pytest.raises(ValueError, match="gradients"):
+        softmax_gradcam(model, image, fg, bg, gradients="fast")
+
+
+def test_cam_from_channel_weights_shared_activations():
+    g = torch.Generator().manual_seed(13)
+    acts = torch.randn(6, 5, generator=g)
+    grads = torch.randn(2, 6, 5, generator=g)
+    shared = cam_from_channel_weights(acts, grads.mean(dim=1), (2, 3))
+    assert torch.equal(shared, cam_from_activations(acts.expand(2, -1, -1), grads, (2, 3)))
+    with pytest.raises(ValueError, match="grid"):
+        cam_from_channel_weights(acts, grads.mean(dim=1), (3, 3))

@@ -71,9 +71,7 @@ def test_aspp_is_sum_of_branches_with_rates():
     for conv in aspp.branches:  # non-trivial biases so the sum really includes them
         nn.init.normal_(conv.bias)
     x = torch.randn(2, 6, 11, 13)
-    expected = sum(
-        F.conv2d(x, c.weight, c.bias, padding=r, dilation=r) for c, r in zip(aspp.branches, (1, 2, 3, 5))
-    )
+    expected = sum(F.conv2d(x, c.weight, c.bias, padding=r, dilation=r) for c, r in zip(aspp.branches, (1, 2, 3, 5)))
     assert torch.allclose(aspp(x), expected, atol=1e-6)
     assert [c.dilation[0] for c in aspp.branches] == [1, 2, 3, 5]
     model = DeepLabV2("resnet18", 3, width=4).eval()
@@ -126,8 +124,12 @@ def test_msc_outputs_and_max_fusion():
         fused = model(x)
         full = base(x)
         parts = [full] + [
-            F.interpolate(base(F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)),
-                          size=full.shape[-2:], mode="bilinear", align_corners=False)
+            F.interpolate(
+                base(F.interpolate(x, scale_factor=s, mode="bilinear", align_corners=False)),
+                size=full.shape[-2:],
+                mode="bilinear",
+                align_corners=False,
+            )
             for s in (0.5, 0.75)
         ]
     expected = torch.maximum(torch.maximum(parts[0], parts[1]), parts[2])
@@ -140,6 +142,7 @@ def test_msc_outputs_and_max_fusion():
 # pretrained weights
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_load_torchvision_imagenet_layout(tmp_path, monkeypatch):
     torch.manual_seed(4)
     tv = torchvision.models.resnet18(weights=None)
@@ -147,7 +150,7 @@ def test_load_torchvision_imagenet_layout(tmp_path, monkeypatch):
     torch.save(tv.state_dict(), path)
     model = build_deeplab("resnet18", 3, msc_scales=(0.5,))
     report = load_pretrained(model, path, log=lambda s: None)
-    assert report["skipped"] == ["fc.weight", "fc.bias"]
+    assert report["skipped"] == ["fc.weight", "fc.bias"] and report["layout"] == "torchvision"
     assert torch.equal(model.base.backbone.layer3[1].conv2.weight, tv.layer3[1].conv2.weight)
     assert torch.equal(model.base.backbone.bn1.running_var, tv.bn1.running_var)
 
@@ -168,9 +171,16 @@ def test_load_torchvision_imagenet_layout(tmp_path, monkeypatch):
 def _to_deeplab_layout(state: dict) -> dict:
     """Our DeepLabV2 keys -> deeplab-pytorch (Caffe-converted) keys, written independently of the loader."""
     out = {}
-    branch = {"conv1": "reduce.conv", "bn1": "reduce.bn", "conv2": "conv3x3.conv", "bn2": "conv3x3.bn",
-              "conv3": "increase.conv", "bn3": "increase.bn", "downsample.0": "shortcut.conv",
-              "downsample.1": "shortcut.bn"}
+    branch = {
+        "conv1": "reduce.conv",
+        "bn1": "reduce.bn",
+        "conv2": "conv3x3.conv",
+        "bn2": "conv3x3.bn",
+        "conv3": "increase.conv",
+        "bn3": "increase.bn",
+        "downsample.0": "shortcut.conv",
+        "downsample.1": "shortcut.bn",
+    }
     for key, value in state.items():
         parts = key.split(".")
         if parts[0] == "aspp":
@@ -192,7 +202,9 @@ def test_translate_deeplab_key_examples():
     assert translate_deeplab_key("layer1.conv1.bn.running_var") == "backbone.bn1.running_var"
     assert translate_deeplab_key("layer3.block1.reduce.conv.weight") == "backbone.layer2.0.conv1.weight"
     assert translate_deeplab_key("layer5.block3.increase.bn.bias") == "backbone.layer4.2.bn3.bias"
-    assert translate_deeplab_key("module.base.layer2.block1.shortcut.bn.weight") == "backbone.layer1.0.downsample.1.weight"
+    assert (
+        translate_deeplab_key("module.base.layer2.block1.shortcut.bn.weight") == "backbone.layer1.0.downsample.1.weight"
+    )
     assert translate_deeplab_key("scale.layer4.block2.proj.conv.weight") == "backbone.layer3.1.downsample.0.weight"
     assert translate_deeplab_key("base.aspp.c3.bias") == "aspp.branches.3.bias"
     assert translate_deeplab_key("aspp.stages.c0.weight") == "aspp.branches.0.weight"
@@ -208,7 +220,11 @@ def test_load_deeplab_coco_layout_and_errors(tmp_path):
     torch.save(_to_deeplab_layout(source.state_dict()), path)
     target = build_deeplab("resnet50", 21, width=8, stride_in_1x1=True)
     aspp_before = target.base.aspp.branches[0].weight.clone()
-    initialise(target, "coco", path, log=lambda s: None)
+    messages: list[str] = []
+    assert initialise(target, "coco", path, log=messages.append)["layout"] == "deeplab"
+    assert not any("warning" in m for m in messages)
+    load_pretrained(build_deeplab("resnet50", 21, width=8), path, log=messages.append)
+    assert "stride_in_1x1=True" in messages[-1]  # Caffe weights into a torchvision-style trunk
     own = target.base.state_dict()
     for k, v in source.state_dict().items():
         if k.startswith("backbone."):
@@ -229,6 +245,7 @@ def test_load_deeplab_coco_layout_and_errors(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # optimisation
 # ---------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("bn", ["frozen", "train"])
 def test_param_groups_multipliers(bn):
@@ -253,14 +270,19 @@ def test_param_groups_multipliers(bn):
     assert bn_params.isdisjoint(listed) == (bn == "frozen")
     opt = torch.optim.SGD(groups, lr=1e-3, momentum=0.9)
     assert [g["lr"] for g in opt.param_groups] == pytest.approx([1e-3, 1e-2, 2e-2])
+    # from-scratch override: uniform multipliers, the bias group still without weight decay
+    uniform = param_groups(model, lr=1e-3, weight_decay=5e-4, lr_mult=(1, 1, 1))
+    assert [g["lr"] for g in uniform] == pytest.approx([1e-3] * 3) and uniform[2]["weight_decay"] == 0.0
+    with pytest.raises(ValueError, match="lr_mult"):
+        param_groups(model, 1e-3, 5e-4, lr_mult=(1, 10))
 
 
 def test_poly_lr_values():
     assert poly_lr(0.01, 0, 100) == 0.01
-    assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5 ** 0.9)
+    assert poly_lr(0.01, 50, 100) == pytest.approx(0.01 * 0.5**0.9)
     assert poly_lr(0.01, 100, 100) == 0.0
     assert poly_lr(0.01, 150, 100) == 0.0
-    assert poly_lr(0.01, 19, 100, step_every=10) == pytest.approx(0.01 * 0.9 ** 0.9)
+    assert poly_lr(0.01, 19, 100, step_every=10) == pytest.approx(0.01 * 0.9**0.9)
     assert poly_lr(2.5e-4, 20000 - 1, 20000, power=0.9, step_every=10) == pytest.approx(2.5e-4 * (10 / 20000) ** 0.9)
 
     model = build_deeplab("resnet18", 2, width=4, msc_scales=())
@@ -272,8 +294,8 @@ def test_poly_lr_values():
         sched.step()
     assert seen[0] == pytest.approx([0.1, 1.0, 2.0])
     assert seen[9] == seen[0]
-    assert seen[10] == pytest.approx([m * 0.1 * 0.9 ** 0.9 for m in (1, 10, 20)])
-    assert seen[57] == pytest.approx([m * 0.1 * 0.5 ** 0.9 for m in (1, 10, 20)])
+    assert seen[10] == pytest.approx([m * 0.1 * 0.9**0.9 for m in (1, 10, 20)])
+    assert seen[57] == pytest.approx([m * 0.1 * 0.5**0.9 for m in (1, 10, 20)])
     state = sched.state_dict()
     opt2 = torch.optim.SGD(param_groups(model, 0.1, 0.0), lr=0.1)
     sched2 = PolyLR(opt2, max_iter=1)
@@ -284,6 +306,7 @@ def test_poly_lr_values():
 # ---------------------------------------------------------------------------------------------------
 # losses
 # ---------------------------------------------------------------------------------------------------
+
 
 def test_ce_ignores_255_exactly():
     torch.manual_seed(6)

@@ -71,6 +71,7 @@ def _decode(img_rgb: np.ndarray) -> np.ndarray:
 # augmentation
 # ---------------------------------------------------------------------------------------------------
 
+
 def test_normalise_modes_roundtrip():
     img = np.random.default_rng(0).integers(0, 256, (5, 7, 3)).astype(np.uint8)
     x = normalise(img, "bgr_mean")
@@ -100,8 +101,9 @@ def test_crop_flip_keeps_labels_aligned_exactly(mode):
             for l in range(47 - 23)
         )
         assert found
-        flips += int(not any(np.array_equal(yi.numpy(), label[t:t + 24, l:l + 24])
-                             for t in range(10) for l in range(24)))
+        flips += int(
+            not any(np.array_equal(yi.numpy(), label[t : t + 24, l : l + 24]) for t in range(10) for l in range(24))
+        )
     assert 0 < flips < 8
 
 
@@ -115,8 +117,10 @@ def test_scaled_labels_follow_the_image():
         valid = yi.numpy() != 255
         # bilinear images blur block borders; nearest labels must agree everywhere else
         assert (decoded[valid] == yi.numpy()[valid]).mean() > 0.8
-        interior = valid & (F.max_pool2d(torch.from_numpy(decoded)[None, None].float(), 3, 1, 1)[0, 0].numpy()
-                            == -F.max_pool2d(-torch.from_numpy(decoded)[None, None].float(), 3, 1, 1)[0, 0].numpy())
+        interior = valid & (
+            F.max_pool2d(torch.from_numpy(decoded)[None, None].float(), 3, 1, 1)[0, 0].numpy()
+            == -F.max_pool2d(-torch.from_numpy(decoded)[None, None].float(), 3, 1, 1)[0, 0].numpy()
+        )
         assert (decoded[interior] == yi.numpy()[interior]).mean() > 0.98
 
 
@@ -167,10 +171,27 @@ def test_bad_labels_and_config_are_rejected(tmp_path):
 # training and resume
 # ---------------------------------------------------------------------------------------------------
 
+
 def _tiny_cfg(**kw) -> SegmenterConfig:
-    base = dict(backbone="resnet18", n_classes=4, width=4, init="none", msc_scales=[0.5, 0.75], lr=0.01,
-                iterations=6, batch_size=2, grad_accum=2, crop=24, scales=[0.75, 1.0, 1.25], loss="balanced_ce",
-                bn="train", seed=7, checkpoint_every=3, log_every=1, lr_step_every=2)
+    base = dict(
+        backbone="resnet18",
+        n_classes=4,
+        width=4,
+        init="none",
+        msc_scales=[0.5, 0.75],
+        lr=0.01,
+        iterations=6,
+        batch_size=2,
+        grad_accum=2,
+        crop=24,
+        scales=[0.75, 1.0, 1.25],
+        loss="balanced_ce",
+        bn="train",
+        seed=7,
+        checkpoint_every=3,
+        log_every=1,
+        lr_step_every=2,
+    )
     base.update(kw)
     return SegmenterConfig.from_dict(base)
 
@@ -192,7 +213,9 @@ def test_resume_is_bit_exact(tmp_path):
     assert partial == tmp_path / "stopped" / CHECKPOINT_NAME
     assert torch.load(partial, weights_only=True)["iteration"] == 3
     resumed_logs: list[str] = []
-    resumed = train_segmenter(data, cfg, tmp_path / "stopped", log=resumed_logs.append)
+    # the data order has no iterator state, so the resumed half may even use a worker process
+    with_worker = SegmenterConfig.from_dict({**cfg.to_dict(), "num_workers": 1})
+    resumed = train_segmenter(data, with_worker, tmp_path / "stopped", log=resumed_logs.append)
     assert any("resuming" in line and "iteration 3" in line for line in resumed_logs)
 
     # interruption 2: an exception raised by a hook right after iteration 3 (a killed job)
@@ -223,12 +246,24 @@ def test_resume_is_bit_exact(tmp_path):
 
 def test_short_training_learns_squares(tmp_path):
     train, val = Squares(48, size=40, seed=0), Squares(16, size=40, seed=1)
-    cfg = _tiny_cfg(width=8, msc_scales=[], iterations=300, batch_size=8, grad_accum=1, crop=40,
-                    scales=[0.75, 1.0, 1.25], loss="ce", lr=0.01, checkpoint_every=1000, log_every=10,
-                    lr_step_every=1)
+    cfg = _tiny_cfg(
+        width=8,
+        msc_scales=[],
+        iterations=300,
+        batch_size=8,
+        grad_accum=1,
+        crop=40,
+        scales=[0.75, 1.0, 1.25],
+        loss="ce",
+        lr=0.01,
+        checkpoint_every=1000,
+        log_every=10,
+        lr_step_every=1,
+    )
     losses: list[float] = []
-    final = train_segmenter(train, cfg, tmp_path, log=lambda s: None,
-                            callback=lambda it, info: losses.append(info["loss"]))
+    final = train_segmenter(
+        train, cfg, tmp_path, log=lambda s: None, callback=lambda it, info: losses.append(info["loss"])
+    )
     assert np.mean(losses[-10:]) < 0.35 * np.mean(losses[:10])
     model = load_segmenter(final)
     hist = np.zeros((4, 4), np.int64)
@@ -246,6 +281,7 @@ def test_short_training_learns_squares(tmp_path):
 # ---------------------------------------------------------------------------------------------------
 # prediction
 # ---------------------------------------------------------------------------------------------------
+
 
 def test_predict_probs_shapes_flip_and_msc_protocol():
     torch.manual_seed(0)

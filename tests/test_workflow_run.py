@@ -83,7 +83,7 @@ def test_exported_masks_are_training_labels(tiny_run):
                  if image_id in image_ids(open_stage(p)))
     with open_stage(shard) as handle:
         stored = get_image(handle, image_id)
-    expected = np.where(stored["confidence"] < np.float16(0.95), 255, stored["labels"])
+    expected = np.where(stored["confidence"].astype(np.float64) < 0.95, 255, stored["labels"])
     np.testing.assert_array_equal(np.array(mask), expected)
 
 

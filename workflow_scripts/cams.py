@@ -1,10 +1,10 @@
 """Rule cams: softmax-GradCAM (initial CAMs) and the attention affinity input for one shard."""
 
 from wsss.logs import logged
+from wsss.stages.devices import compute_job
 from wsss.stages.cams import run_cams
-from wsss.stages.devices import gpu_job
 
-with logged(snakemake.log[0]), gpu_job(snakemake.resources.get("gpu", 0)):
+with logged(snakemake.log[0]), compute_job(snakemake.threads, snakemake.resources.get("gpu", 0)):
     run_cams(
         snakemake.input.manifest,
         snakemake.wildcards.shard,

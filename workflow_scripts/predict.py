@@ -1,10 +1,10 @@
 """Rule predict: segmenter predictions (multi-scale, flip, optional dense CRF) for one shard of a split."""
 
 from wsss.logs import logged
-from wsss.stages.devices import gpu_job
+from wsss.stages.devices import compute_job
 from wsss.stages.segmenter import run_prediction
 
-with logged(snakemake.log[0]), gpu_job(snakemake.resources.get("gpu", 0)):
+with logged(snakemake.log[0]), compute_job(snakemake.threads, snakemake.resources.get("gpu", 0)):
     run_prediction(
         snakemake.input.model,
         snakemake.input.manifest,
@@ -13,6 +13,5 @@ with logged(snakemake.log[0]), gpu_job(snakemake.resources.get("gpu", 0)):
         snakemake.params.segmenter,
         snakemake.params.crf,
         snakemake.output[0],
-        threads=snakemake.threads,
         locking=snakemake.params.hdf5["locking"],
     )

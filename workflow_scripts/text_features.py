@@ -2,10 +2,10 @@
 
 from wsss.classes import dataset_vocabulary
 from wsss.logs import logged
-from wsss.stages.devices import gpu_job
+from wsss.stages.devices import compute_job
 from wsss.stages.cams import chosen_template, run_text_features
 
-with logged(snakemake.log[0]), gpu_job(snakemake.resources.get("gpu", 0)):
+with logged(snakemake.log[0]), compute_job(snakemake.threads, snakemake.resources.get("gpu", 0)):
     run_text_features(
         snakemake.params.clip,
         list(snakemake.input.clip),

@@ -1,12 +1,9 @@
 """Rule train_demo_clip: pretrain the tiny demo CLIP on the demo world's image-caption pairs."""
 
-import torch
-
 from wsss.demo_clip import train_demo_clip
 from wsss.logs import logged
-from wsss.stages.devices import gpu_job
+from wsss.stages.devices import compute_job
 
-with logged(snakemake.log[0]) as log, gpu_job(snakemake.resources.get("gpu", 0)):
-    torch.set_num_threads(snakemake.threads)
+with logged(snakemake.log[0]) as log, compute_job(snakemake.threads, snakemake.resources.get("gpu", 0)):
     train_demo_clip(snakemake.input[0], snakemake.output[0], snakemake.params.settings, snakemake.params.seed,
                     log=log.info)

@@ -1,10 +1,10 @@
 """Rule train_segmenter: DeepLabV2 on the confidence-masked pseudo masks (resumes after interruptions)."""
 
 from wsss.logs import logged
-from wsss.stages.devices import gpu_job
+from wsss.stages.devices import compute_job
 from wsss.stages.segmenter import run_training
 
-with logged(snakemake.log[0]), gpu_job(snakemake.resources.get("gpu", 0)):
+with logged(snakemake.log[0]), compute_job(snakemake.threads, snakemake.resources.get("gpu", 0)):
     run_training(
         snakemake.input.manifest,
         snakemake.input.crf,
@@ -14,6 +14,5 @@ with logged(snakemake.log[0]), gpu_job(snakemake.resources.get("gpu", 0)):
         snakemake.params.seed,
         snakemake.params.checkpoint_dir,
         snakemake.output[0],
-        threads=snakemake.threads,
         locking=snakemake.params.hdf5["locking"],
     )

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Sequence
 
@@ -32,9 +33,11 @@ __all__ = [
     "image_to_tensor",
     "preprocess_image",
     "interpolate_pos_embed",
-    "attention_with_weights",
     "block_forward_with_attention",
     "block_forward",
+    "AttentionParts",
+    "attention_parts",
+    "embedding_from_attention_output",
     "encode_image_tokens",
     "image_embedding_from_last_block",
     "model_dtype",
@@ -341,32 +344,12 @@ def interpolate_pos_embed(pos: torch.Tensor, grid_hw: tuple[int, int]) -> torch.
 
 
 def _check_block(block: torch.nn.Module) -> None:
-    """Fail clearly on block types whose attention the explicit path below cannot reproduce."""
+    """Fail clearly on block types whose attention cannot return weights."""
     attn = getattr(block, "attn", None)
     if not isinstance(attn, torch.nn.MultiheadAttention):
         raise ValueError(f"unsupported attention block {type(block).__name__}: need nn.MultiheadAttention")
     if hasattr(block, "ln_1_kv"):
         raise ValueError("cross-attention blocks are not supported")
-    if attn.in_proj_weight is None or attn.bias_k is not None or attn.add_zero_attn:
-        raise ValueError("attention with separate q/k/v projections, bias_k/bias_v or add_zero_attn is not supported")
-
-
-def attention_with_weights(attn: torch.nn.MultiheadAttention, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Self-attention of (B, L, D) tokens with its head-averaged softmax weights (B, L, L), in eval mode.
-
-    The operations are those of nn.MultiheadAttention's need_weights branch (packed in-projection,
-    q scaled by 1/sqrt(head_dim) before q k^T, softmax, weights @ v, out-projection, mean over heads),
-    without its (B, L, D) <-> (L, B*H, hd) copies; the one softmax serves both the output and the map.
-    """
-    b, n, d = x.shape
-    heads = attn.num_heads
-    hd = d // heads
-    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
-    q, k, v = qkv.view(b, n, 3, heads, hd).permute(2, 0, 3, 1, 4).unbind(0)  # (B, H, L, hd) views
-    weights = torch.softmax(torch.matmul(q * math.sqrt(1.0 / hd), k.transpose(-2, -1)), dim=-1)
-    out = torch.matmul(weights, v).transpose(1, 2).reshape(b, n, d)
-    out = F.linear(out, attn.out_proj.weight, attn.out_proj.bias)
-    return out, weights.mean(dim=1)
 
 
 def block_forward_with_attention(
@@ -375,7 +358,14 @@ def block_forward_with_attention(
     """One open_clip residual block on (B, L, D) tokens, also returning head-averaged attention (B, L, L)."""
     _check_block(block)
     a = block.ln_1(x) if ln1 is None else ln1
-    out, weights = attention_with_weights(block.attn, a)
+    # Without grad, nn.MultiheadAttention takes its native fast path here: one in-place softmax serves
+    # both the output and the head-averaged map (measured within a few % of the fused kernel on CPU).
+    if block.attn.batch_first:
+        out, weights = block.attn(a, a, a, need_weights=True, average_attn_weights=True)
+    else:
+        at = a.transpose(0, 1)
+        out, weights = block.attn(at, at, at, need_weights=True, average_attn_weights=True)
+        out = out.transpose(0, 1)
     x = x + block.ls_1(out)
     x = x + block.ls_2(block.mlp(block.ln_2(x)))
     return x, weights
@@ -386,6 +376,45 @@ def block_forward(block: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     if block.attn.batch_first:
         return block(x)
     return block(x.transpose(0, 1)).transpose(0, 1)
+
+
+@dataclass
+class AttentionParts:
+    """The pieces of one self-attention of a single token sequence, kept for a hand-written backward."""
+
+    q: torch.Tensor  # (H, L, hd) query projections (not yet scaled by 1/sqrt(hd))
+    k: torch.Tensor  # (H, L, hd)
+    v: torch.Tensor  # (H, L, hd)
+    probs: torch.Tensor  # (H, L, L) softmax attention per head, rows = queries
+    out: torch.Tensor  # (L, D) attention output before the out-projection, heads concatenated
+
+    @property
+    def scale(self) -> float:
+        """The factor applied to q before q k^T."""
+        return math.sqrt(1.0 / self.q.shape[-1])
+
+
+def attention_parts(attn: torch.nn.MultiheadAttention, x: torch.Tensor) -> AttentionParts:
+    """Self-attention of one (L, D) sequence computed explicitly, with q, k, v and the per-head softmax.
+
+    The operations are those of nn.MultiheadAttention's need_weights branch (packed in-projection, q
+    scaled by 1/sqrt(head_dim) before q k^T, softmax, probs @ v); the out-projection is left to the caller.
+    """
+    if not isinstance(attn, torch.nn.MultiheadAttention):
+        raise ValueError(f"unsupported attention {type(attn).__name__}: need nn.MultiheadAttention")
+    if x.ndim != 2:
+        raise ValueError(f"x must be one (L, D) sequence, got shape {tuple(x.shape)}")
+    if attn.in_proj_weight is None or attn.bias_k is not None or attn.add_zero_attn:
+        raise ValueError("attention with separate q/k/v projections, bias_k/bias_v or add_zero_attn is not supported")
+    n, d = x.shape
+    heads = attn.num_heads
+    qkv = F.linear(x, attn.in_proj_weight, attn.in_proj_bias)
+    q, k, v = qkv.view(n, 3, heads, d // heads).permute(1, 2, 0, 3).unbind(0)  # (H, L, hd) views, no copy
+    scores = torch.bmm(q * math.sqrt(1.0 / q.shape[-1]), k.transpose(1, 2))
+    # in place, like the native attention kernel (one (H, L, L) buffer), unless autograd needs the graph
+    probs = torch.softmax(scores, dim=-1) if scores.requires_grad else torch.softmax(scores, dim=-1, out=scores)
+    out = torch.bmm(probs, v).transpose(0, 1).reshape(n, d)
+    return AttentionParts(q, k, v, probs, out)
 
 
 def _embed_patches(model: CLIP, images: torch.Tensor) -> torch.Tensor:
@@ -419,7 +448,10 @@ def encode_image_tokens(
     blocks = model.visual.transformer.resblocks
     if not 0 <= upto_block <= len(blocks):
         raise ValueError(f"upto_block must be in [0, {len(blocks)}], got {upto_block}")
-    wanted = set(range(len(blocks))) if attention_blocks is None else {i % len(blocks) for i in attention_blocks}
+    n = len(blocks)
+    if attention_blocks is not None and any(not -n <= int(i) < n for i in attention_blocks):
+        raise ValueError(f"attention_blocks must index the {n} blocks, got {sorted(attention_blocks)}")
+    wanted = set(range(n)) if attention_blocks is None else {int(i) % n for i in attention_blocks}
     attns: list[torch.Tensor | None] = []
     with torch.no_grad():
         x = _embed_patches(model, images)
@@ -454,8 +486,24 @@ def image_embedding_from_last_block(
         out = out if block.attn.batch_first else out.transpose(0, 1)
         x = tokens + block.ls_1(out)
         x, attn = x + block.ls_2(block.mlp(block.ln_2(x))), None
+    return _pool_and_project(model, x), ln1, attn
+
+
+def _pool_and_project(model: CLIP, x: torch.Tensor) -> torch.Tensor:
+    """CLIP-ES image embedding from the last block's output tokens: proj(mean of ln_post(patch tokens))."""
     x = model.visual.ln_post(x)
     # CLIP-ES pools the patch tokens; the CLS token is not used
-    pooled = x[:, 1:, :].mean(dim=1)
-    emb = pooled @ model.visual.proj
-    return emb, ln1, attn
+    return x[:, 1:, :].mean(dim=1) @ model.visual.proj
+
+
+def embedding_from_attention_output(model: CLIP, tokens: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    """The rest of the last block and the head from its attention output: (B, L, D) -> embedding (B, E).
+
+    tokens are the last block's input (B, L, D) and attn_out its attention output before the
+    out-projection; differentiable in attn_out, so the gradients below the attention can be taken by hand.
+    """
+    block = model.visual.transformer.resblocks[-1]
+    attn = block.attn
+    x = tokens + block.ls_1(F.linear(attn_out, attn.out_proj.weight, attn.out_proj.bias))
+    x = x + block.ls_2(block.mlp(block.ln_2(x)))
+    return _pool_and_project(model, x)

@@ -29,12 +29,16 @@ from contextlib import contextmanager
 from pathlib import Path
 
 OPT_OUT_ENV = "WSSS_NO_GPU_SLOTS"
+LOCK_DIR_ENV = "WSSS_GPU_LOCK_DIR"
 _GPU_LINE = re.compile(r"^GPU (\d+):")
 
 
 def default_lock_dir() -> Path:
-    """Machine-local lock directory shared by all users: ``$TMPDIR/wsss-gpu-slots``."""
-    return Path(tempfile.gettempdir()) / "wsss-gpu-slots"
+    """Machine-local lock directory: ``$WSSS_GPU_LOCK_DIR``, else ``$TMPDIR/wsss-gpu-slots-<uid>``."""
+    # Per user by default (no permission clashes); users sharing GPUs point WSSS_GPU_LOCK_DIR at
+    # one local mode-1777 directory, and the lock files are created mode 666 for that case.
+    explicit = os.environ.get(LOCK_DIR_ENV)
+    return Path(explicit) if explicit else Path(tempfile.gettempdir()) / f"wsss-gpu-slots-{os.getuid()}"
 
 
 def parse_visible_devices(value: str | None) -> list[str] | None:

@@ -1,21 +1,31 @@
-"""Softmax-GradCAM on CLIP (CLIP-ES §5): one forward of the last block, then one backward per present class."""
+"""Softmax-GradCAM on CLIP (CLIP-ES §5): one forward of the last block, then the per-class gradients."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 from open_clip.model import CLIP
 
-from .clip_model import encode_image_tokens, image_embedding_from_last_block, model_dtype, patch_size
+from .clip_model import (
+    AttentionParts,
+    attention_parts,
+    embedding_from_attention_output,
+    encode_image_tokens,
+    image_embedding_from_last_block,
+    model_dtype,
+    patch_size,
+)
 
 __all__ = [
     "CamResult",
     "minmax_normalize",
+    "cam_from_channel_weights",
     "cam_from_activations",
     "attention_block_indices",
     "layer_mean_attention",
+    "patch_sum_of_input_gradients",
     "softmax_gradcam",
 ]
 
@@ -38,27 +48,41 @@ def minmax_normalize(x: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     return x / (x.amax(dim=(-2, -1), keepdim=True) + eps)
 
 
+def cam_from_channel_weights(acts: torch.Tensor, alpha: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
+    """GradCAM from patch activations (N, D) or (K, N, D) and channel weights (K, D): (K, h, w) fp32 in [0, 1].
+
+    Each product is rounded to the activation dtype and the channel sum is accumulated in fp32 and rounded
+    once, as the reference's numpy code does on fp16 arrays; the map is cast to fp32 after the ReLU.
+    """
+    h, w = grid_hw
+    if alpha.ndim != 2 or acts.ndim not in (2, 3) or acts.shape[-1] != alpha.shape[-1]:
+        raise ValueError(f"acts must be (N, D) or (K, N, D) and alpha (K, D), got {tuple(acts.shape)} "
+                         f"and {tuple(alpha.shape)}")
+    k, n = alpha.shape[0], acts.shape[-2]
+    if n != h * w:
+        raise ValueError(f"{n} patch tokens do not fit the grid {h}x{w}")
+    dtype = acts.dtype
+    weighted = alpha.to(dtype)[:, None, :] * acts  # (K, N, D); (N, D) activations broadcast over classes
+    cam = weighted.float().sum(dim=-1).to(dtype)
+    cam = cam.float().clamp_min(0).reshape(k, h, w)
+    # the reference normalises twice (per layer and after the layer aggregation); nearly idempotent
+    return minmax_normalize(minmax_normalize(cam))
+
+
 def cam_from_activations(acts: torch.Tensor, grads: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:
     """GradCAM from patch activations/gradients (K, N, D): min-max(ReLU(sum_k mean(grad_k) * A_k)), (K, h, w) fp32.
 
     The arithmetic mirrors the reference's numpy code on fp16 arrays: the channel weights are a mean
-    accumulated in fp32 and rounded to the activation dtype, each product is rounded to that dtype, the
-    channel sum is accumulated in fp32 and rounded once, and the map is cast to fp32 after the ReLU.
+    accumulated in fp32 and rounded to the activation dtype, then cam_from_channel_weights.
     For fp32 inputs all these roundings are no-ops.
     """
     if acts.shape != grads.shape or acts.ndim != 3:
         raise ValueError(f"acts and grads must both be (K, N, D), got {tuple(acts.shape)} and {tuple(grads.shape)}")
     h, w = grid_hw
-    k, n, _ = acts.shape
-    if n != h * w:
-        raise ValueError(f"{n} patch tokens do not fit the grid {h}x{w}")
-    dtype = acts.dtype
-    alpha = grads.float().mean(dim=1).to(dtype)  # (K, D)
-    weighted = alpha[:, None, :] * acts.to(dtype)
-    cam = weighted.float().sum(dim=-1).to(dtype)
-    cam = cam.float().clamp_min(0).reshape(k, h, w)
-    # the reference normalises twice (per layer and after the layer aggregation); nearly idempotent
-    return minmax_normalize(minmax_normalize(cam))
+    if acts.shape[1] != h * w:
+        raise ValueError(f"{acts.shape[1]} patch tokens do not fit the grid {h}x{w}")
+    alpha = grads.float().mean(dim=1).to(acts.dtype)  # (K, D)
+    return cam_from_channel_weights(acts, alpha, grid_hw)
 
 
 def attention_block_indices(n_blocks: int, layers: Sequence[int | None] = (-8, None)) -> list[int]:
@@ -87,6 +111,91 @@ def layer_mean_attention(
     return stacked.float().mean(dim=0).to(stacked.dtype).float()
 
 
+def patch_sum_of_input_gradients(
+    parts: AttentionParts, d_out: torch.Tensor, in_proj_weight: torch.Tensor
+) -> torch.Tensor:
+    """Sum over the patch tokens (all but token 0) of the gradients w.r.t. the attention input, (K, D).
+
+    d_out (K, L, D) holds K gradients w.r.t. the attention output O = P v (before the out-projection).
+    Only the patch sums are formed, never the (L, L) gradient of the attention or the (K, L, D) input
+    gradients. Per head, with dP[n, m] = dO_n . v_m, r_n = sum_m P[n, m] dP[n, m] = dO_n . O_n and the
+    softmax gradient dS = P * (dP - r), summing over patch rows n / patch columns m gives
+        col_m = sum_n dS[n, m] = v_m . (sum_n P[n, m] dO_n) - sum_n P[n, m] r_n
+        row_n = sum_m dS[n, m] = -dS[n, 0]                     (every row of dS sums to 0)
+        sum dq = s * col @ k,  sum dk = s * row @ q,  sum dv = (sum_m P[:, m]) @ dO   (s = 1/sqrt(hd))
+    and sum_n dx_n = [sum dq | sum dk | sum dv] @ W_in. Exact up to float summation order.
+    """
+    q, k, v, probs = parts.q, parts.k, parts.v, parts.probs
+    heads, n_tok, hd = q.shape
+    n_cls = d_out.shape[0]
+    if d_out.shape != (n_cls, n_tok, heads * hd):
+        raise ValueError(f"d_out must be (K, {n_tok}, {heads * hd}), got {tuple(d_out.shape)}")
+    d_o = d_out.reshape(n_cls, n_tok, heads, hd).permute(2, 0, 1, 3)  # (H, K, L, hd)
+    out = parts.out.view(n_tok, heads, hd).transpose(0, 1)  # (H, L, hd)
+    r = (d_o * out[:, None]).sum(dim=-1)  # (H, K, L)
+    row = probs[:, None, :, 0] * (r - (d_o * v[:, None, None, 0]).sum(dim=-1))  # -dS[n, 0]
+    # for every key m and class: sum over patch queries n of P[n, m] * [dO_n | r_n], one batched product
+    rhs = torch.cat([d_o, r[..., None]], dim=-1)[:, :, 1:].transpose(1, 2).reshape(heads, n_tok - 1, -1)
+    w = torch.bmm(probs[:, 1:, :].transpose(1, 2), rhs).view(heads, n_tok, n_cls, hd + 1)
+    col = (w[..., :hd] * v[:, :, None, :]).sum(dim=-1)  # (H, L, K)
+    dq = torch.bmm(col.transpose(1, 2), k) * parts.scale  # (H, K, hd)
+    dk = torch.bmm(row, q) * parts.scale
+    dv = (d_o * probs[:, :, 1:].sum(dim=-1)[:, None, :, None]).sum(dim=2)
+    d_qkv = torch.cat([t.transpose(0, 1).reshape(n_cls, heads * hd) for t in (dq, dk, dv)], dim=-1)  # (K, 3D)
+    return d_qkv @ in_proj_weight
+
+
+def _scores(model: CLIP, emb: torch.Tensor, text: torch.Tensor, score: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits (B, T), scores (B, T)): exp(logit_scale) * cos(image, text), softmax over T for "softmax"."""
+    feats = emb / emb.norm(dim=-1, keepdim=True)
+    logits = (model.logit_scale.exp() * feats) @ text.t()  # same operand order as the reference
+    return logits, (logits.softmax(dim=-1) if score == "softmax" else logits)
+
+
+# (alpha (K, D), patch activations (N, D), logits (T,), last block attention (L, L) or None)
+_LastBlock = tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
+
+
+def _weights_per_token(
+    model: CLIP, tokens: torch.Tensor, text: torch.Tensor, k: int, score: str, need_attention: bool
+) -> _LastBlock:
+    """(alpha (K, D), patch activations (N, D), logits (T,), last attention or None) from per-token gradients.
+
+    The gradients w.r.t. the ln_1 output are formed for every token, one backward per class, and averaged
+    like the reference does (fp16-faithful)."""
+    with torch.enable_grad():
+        emb, ln1, attn = image_embedding_from_last_block(model, tokens, need_attention=need_attention)
+        logits, scores = _scores(model, emb, text, score)
+        # one backward per class through the retained graph of the single forward, w.r.t. the ln_1 output
+        # only (the parameters are frozen): the same gradients as the reference's K forward/backward passes
+        grads = torch.cat([torch.autograd.grad(scores[0, c], ln1, retain_graph=c < k - 1)[0] for c in range(k)])
+    acts = ln1.detach()[0, 1:]
+    # the reference's mean of the (fp16) per-token gradients: fp32 accumulation, rounded to the dtype
+    alpha = grads[:, 1:].float().mean(dim=1).to(acts.dtype)
+    return alpha, acts, logits.detach()[0], (attn.detach()[0] if attn is not None else None)
+
+
+def _weights_patch_sum(
+    model: CLIP, tokens: torch.Tensor, text: torch.Tensor, k: int, score: str, need_attention: bool
+) -> _LastBlock:
+    """Same outputs as _weights_per_token; autograd stops at the attention output, the rest is by hand.
+
+    Only the patch sum of the ln_1-output gradients is formed (patch_sum_of_input_gradients), which skips
+    the backward through the (H, L, L) attention and the in-projection for every class."""
+    block = model.visual.transformer.resblocks[-1]
+    with torch.no_grad():
+        ln1 = block.ln_1(tokens)
+        parts = attention_parts(block.attn, ln1[0])
+    with torch.enable_grad():
+        out = parts.out[None].requires_grad_(True)
+        logits, scores = _scores(model, embedding_from_attention_output(model, tokens, out), text, score)
+        d_out = torch.cat([torch.autograd.grad(scores[0, c], out, retain_graph=c < k - 1)[0] for c in range(k)])
+    with torch.no_grad():
+        alpha = patch_sum_of_input_gradients(parts, d_out, block.attn.in_proj_weight) / (ln1.shape[1] - 1)
+        attn = parts.probs.mean(dim=0) if need_attention else None
+    return alpha, ln1[0, 1:], logits.detach()[0], attn
+
+
 def softmax_gradcam(
     model: CLIP,
     image: torch.Tensor,
@@ -96,6 +205,7 @@ def softmax_gradcam(
     score: str = "softmax",
     use_background: bool = True,
     attn_layers: Sequence[int | None] = (-8, None),
+    gradients: str = "auto",
 ) -> CamResult:
     """CLIP-ES softmax-GradCAM of one preprocessed image (3, H, W) for its K present classes.
 
@@ -103,9 +213,17 @@ def softmax_gradcam(
     bg_text (M, E) the background words (both are L2-renormalised in the model dtype, as the reference
     does). The model's weight dtype sets the precision: fp16 weights give the reference's manual half
     precision (no autocast, which would change the softmax/LayerNorm dtypes), fp32 weights give fp32.
+
+    gradients: "per_token" forms every patch token's gradient and averages them (the reference's
+    arithmetic, rounding included); "patch_sum" forms only their sum, by hand below the last attention
+    (exact up to float summation order; it skips the per-class backward through the (H, L, L) attention
+    and the in-projection); "auto" = patch_sum for fp32 weights, per_token otherwise (so fp16 keeps the
+    reference's fp16 roundings).
     """
     if score not in _SCORES:
         raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
+    if gradients not in ("auto", "per_token", "patch_sum"):
+        raise ValueError(f"gradients must be 'auto', 'per_token' or 'patch_sum', got {gradients!r}")
     if image.ndim == 4 and image.shape[0] == 1:
         image = image[0]
     if image.ndim != 3 or image.shape[0] != 3:
@@ -121,11 +239,14 @@ def softmax_gradcam(
     grid_hw = (int(image.shape[-2]) // p, int(image.shape[-1]) // p)
     n_blocks = len(model.visual.transformer.resblocks)
     k = int(fg_text.shape[0])
-
     wanted = attention_block_indices(n_blocks, attn_layers)
     if not wanted:
         raise ValueError(f"attention layers {list(attn_layers)} select none of {n_blocks} blocks")
-    # blocks whose maps the layer mean does not use run the fused attention (same numbers up to rounding)
+    if gradients == "auto":
+        gradients = "patch_sum" if dtype == torch.float32 else "per_token"
+
+    # Blocks 1..n-1 run once without grad; those whose maps the layer mean does not use take the fused
+    # attention kernel (same numbers up to float rounding).
     tokens, attentions = encode_image_tokens(model, image[None].to(device), upto_block=n_blocks - 1,
                                              attention_blocks=wanted)
     text = torch.cat([fg_text, bg_text], dim=0) if use_background else fg_text
@@ -133,26 +254,15 @@ def softmax_gradcam(
     # the reference renormalises the (already unit) text features in the model dtype before the logits
     text = text / text.norm(dim=-1, keepdim=True)
 
-    with torch.enable_grad():
-        # The last block's forward is the same for every class, so it runs once; each class then gets its
-        # own backward pass through the retained graph (w.r.t. the ln_1 output only: the parameters are
-        # frozen). This equals the reference's K separate forward/backward passes.
-        emb, ln1, attn_last = image_embedding_from_last_block(model, tokens, need_attention=n_blocks - 1 in wanted)
-        feats = emb / emb.norm(dim=-1, keepdim=True)
-        logits = (model.logit_scale.exp() * feats) @ text.t()  # (1, K+M), same operand order as the reference
-        scores = logits.softmax(dim=-1) if score == "softmax" else logits
-        grads = torch.cat(
-            [torch.autograd.grad(scores[0, c], ln1, retain_graph=c < k - 1)[0] for c in range(k)]
-        )  # (K, 1+N, D)
-
-    acts = ln1.detach()[:, 1:, :].expand(k, -1, -1)
-    cams = cam_from_activations(acts, grads[:, 1:, :], grid_hw)
-    last = attn_last[0].detach() if attn_last is not None else None
-    attention_mean = layer_mean_attention([a[0] if a is not None else None for a in attentions] + [last],
+    # The last block's forward is the same for every class, so it runs once (the reference repeats it K times).
+    last_weights = _weights_patch_sum if gradients == "patch_sum" else _weights_per_token
+    alpha, acts, logits, attn_last = last_weights(model, tokens, text, k, score, n_blocks - 1 in wanted)
+    cams = cam_from_channel_weights(acts, alpha, grid_hw)
+    attention_mean = layer_mean_attention([a[0] if a is not None else None for a in attentions] + [attn_last],
                                           attn_layers)
     return CamResult(
         cams=cams.cpu(),
         attention_mean=attention_mean.cpu(),
-        logits=logits[0].detach().float().cpu(),
+        logits=logits.float().cpu(),
         grid_hw=grid_hw,
     )

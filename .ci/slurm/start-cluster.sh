@@ -200,6 +200,12 @@ while :; do
                 pid_alive "$state_dir/slurmctld.pid" slurmctld || { dump_logs; die "slurmctld exited"; }
             fi
             ;;
+        inval*)
+            # Configured CPUs/RealMemory/Gres exceed what slurmd found; waiting will not help.
+            sinfo -N -l >&2 2>&1 || true
+            dump_logs
+            die "node $host is INVAL: slurm.conf asks for more than slurmd detects (see REASON above)"
+            ;;
         down* | drain* | drained*)
             # A node left down by an unclean stop registers again but stays down; resume it once.
             if ((!resumed)); then

@@ -56,7 +56,9 @@ def resize_pair(image: torch.Tensor, label: torch.Tensor, size: tuple[int, int])
     return img, lab
 
 
-def pick_scale(generator: torch.Generator, scales: Sequence[float] = (), scale_range: Sequence[float] | None = None) -> float:
+def pick_scale(
+    generator: torch.Generator, scales: Sequence[float] = (), scale_range: Sequence[float] | None = None
+) -> float:
     """One scale factor: uniform in `scale_range` if given, else a uniform choice from `scales` (1.0 if empty)."""
     if scale_range is not None:
         lo, hi = (float(v) for v in scale_range)

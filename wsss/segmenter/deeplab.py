@@ -141,8 +141,7 @@ class ASPP(nn.Module):
         if not rates:
             raise ValueError("ASPP needs at least one dilation rate")
         self.branches = nn.ModuleList(
-            nn.Conv2d(in_channels, n_classes, kernel_size=3, padding=int(r), dilation=int(r), bias=True)
-            for r in rates
+            nn.Conv2d(in_channels, n_classes, kernel_size=3, padding=int(r), dilation=int(r), bias=True) for r in rates
         )
         for conv in self.branches:
             # deeplab-pytorch / Caffe init of the classifier
@@ -260,7 +259,7 @@ def _strip_prefixes(key: str) -> str:
         changed = False
         for prefix in ("module.", "base.", "scale."):
             if key.startswith(prefix):
-                key, changed = key[len(prefix):], True
+                key, changed = key[len(prefix) :], True
     return key
 
 
@@ -303,7 +302,7 @@ def load_pretrained(model: nn.Module, path: str | Path, *, log=print) -> dict[st
 
     The backbone must match completely; classifier weights are loaded only when their shapes fit
     (a COCO-init file has a 91-class `fc`/ASPP that is skipped). Raises ValueError listing unmatched keys.
-    Returns {'loaded', 'skipped'} key lists.
+    Returns {'loaded', 'skipped'} key lists and the detected 'layout' ('torchvision' | 'deeplab').
     """
     path = Path(path)
     if not path.is_file():
@@ -334,7 +333,9 @@ def load_pretrained(model: nn.Module, path: str | Path, *, log=print) -> dict[st
                 " (wrong backbone or width?)"
             )
         mapped[target] = value
-    missing = [k for k in own if k.startswith("backbone.") and k not in mapped and not k.endswith("num_batches_tracked")]
+    missing = [
+        k for k in own if k.startswith("backbone.") and k not in mapped and not k.endswith("num_batches_tracked")
+    ]
     if unmatched or missing:
         raise ValueError(
             f"{path}: could not map the checkpoint onto {net.backbone.arch} (width {net.backbone.width}); "
@@ -342,9 +343,16 @@ def load_pretrained(model: nn.Module, path: str | Path, *, log=print) -> dict[st
             f"backbone keys without weights: {missing[:20]}{' ...' if len(missing) > 20 else ''}"
         )
     net.load_state_dict(mapped, strict=False)
-    log(f"loaded {len(mapped)} tensors from {path} ({'deeplab-pytorch' if deeplab_format else 'torchvision'} "
-        f"layout); skipped {len(skipped)}: {skipped[:8]}")
-    return {"loaded": sorted(mapped), "skipped": skipped}
+    layout = "deeplab" if deeplab_format else "torchvision"
+    log(f"loaded {len(mapped)} tensors from {path} ({layout} layout); skipped {len(skipped)}: {skipped[:8]}")
+    caffe_model = net.backbone.maxpool.ceil_mode
+    if deeplab_format != caffe_model:
+        # the weights load either way, but their features assume the other stride placement / pooling
+        log(
+            f"warning: {layout}-layout weights loaded into a {'Caffe' if caffe_model else 'torchvision'}-style "
+            f"ResNet; set stride_in_1x1={deeplab_format} to match how they were trained"
+        )
+    return {"loaded": sorted(mapped), "skipped": skipped, "layout": layout}
 
 
 def imagenet_candidates(arch: str) -> list[Path]:
@@ -355,22 +363,23 @@ def imagenet_candidates(arch: str) -> list[Path]:
     return [hub / Path(w.url).name for w in _TV_WEIGHTS[arch]]
 
 
-def initialise(model: nn.Module, init: str, init_path: str | Path | None = None, *, log=print) -> None:
-    """Apply `init` in {'imagenet', 'coco', 'none'} to a freshly built DeepLabV2/MSC; never downloads."""
+def initialise(model: nn.Module, init: str, init_path: str | Path | None = None, *, log=print) -> dict | None:
+    """Apply `init` in {'imagenet', 'coco', 'none'} to a freshly built DeepLabV2/MSC; never downloads.
+
+    Returns `load_pretrained`'s report, or None for 'none'.
+    """
     net = base_model(model)
     if init == "none":
-        return
+        return None
     if init == "imagenet":
         if net.backbone.width != 64:
             raise ValueError(f"init 'imagenet' needs the standard width 64, got width={net.backbone.width}")
         if init_path is not None:
-            load_pretrained(model, init_path, log=log)
-            return
+            return load_pretrained(model, init_path, log=log)
         candidates = imagenet_candidates(net.backbone.arch)
         for c in candidates:
             if c.is_file():
-                load_pretrained(model, c, log=log)
-                return
+                return load_pretrained(model, c, log=log)
         raise FileNotFoundError(
             f"ImageNet weights for {net.backbone.arch} not found; looked in: {[str(c) for c in candidates]}. "
             "Set segmenter init_path to a torchvision ResNet checkpoint (nothing is downloaded)."
@@ -378,6 +387,5 @@ def initialise(model: nn.Module, init: str, init_path: str | Path | None = None,
     if init == "coco":
         if init_path is None:
             raise ValueError("init 'coco' needs init_path: a deeplab-pytorch COCO-init checkpoint (.pth)")
-        load_pretrained(model, init_path, log=log)
-        return
+        return load_pretrained(model, init_path, log=log)
     raise ValueError(f"init must be 'imagenet', 'coco' or 'none', got {init!r}")

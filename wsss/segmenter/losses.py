@@ -13,8 +13,15 @@ LOSSES = ("ce", "balanced_ce")
 
 def _pixel_ce(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int) -> torch.Tensor:
     """Per-pixel CE (N, H, W) in float32, exactly 0 (and gradient-free) where labels == ignore_index."""
-    if logits.dim() != 4 or labels.dim() != 3 or logits.shape[0] != labels.shape[0] or logits.shape[2:] != labels.shape[1:]:
-        raise ValueError(f"logits (N,C,H,W) and labels (N,H,W) disagree: {tuple(logits.shape)} vs {tuple(labels.shape)}")
+    if (
+        logits.dim() != 4
+        or labels.dim() != 3
+        or logits.shape[0] != labels.shape[0]
+        or logits.shape[2:] != labels.shape[1:]
+    ):
+        raise ValueError(
+            f"logits (N,C,H,W) and labels (N,H,W) disagree: {tuple(logits.shape)} vs {tuple(labels.shape)}"
+        )
     return F.cross_entropy(logits.float(), labels.long(), ignore_index=ignore_index, reduction="none")
 
 

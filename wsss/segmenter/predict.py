@@ -45,8 +45,12 @@ def predict_logits(
         h, w = x.shape[-2:]
         total, n = None, 0
         for s in scales:
-            xs = x if float(s) == 1.0 else F.interpolate(
-                x, size=(max(int(h * s), 1), max(int(w * s), 1)), mode="bilinear", align_corners=False
+            xs = (
+                x
+                if float(s) == 1.0
+                else F.interpolate(
+                    x, size=(max(int(h * s), 1), max(int(w * s), 1)), mode="bilinear", align_corners=False
+                )
             )
             for flipped in ((False, True) if flip else (False,)):
                 logits = model(xs.flip(-1) if flipped else xs)

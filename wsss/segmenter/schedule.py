@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn as nn
 
@@ -9,16 +11,19 @@ from wsss.segmenter.deeplab import ASPP, FrozenBatchNorm2d
 
 # Caffe lr_mult / decay_mult of DeepLabV2: backbone 1x, classifier weights 10x, classifier biases 20x
 # without weight decay.
-LR_MULT = {"backbone": 1.0, "classifier_weight": 10.0, "classifier_bias": 20.0}
+LR_MULT = (1.0, 10.0, 20.0)
 
 
-def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
+def param_groups(model: nn.Module, lr: float, weight_decay: float, lr_mult: Sequence[float] = LR_MULT) -> list[dict]:
     """SGD parameter groups: backbone (1x lr), ASPP weights (10x), ASPP biases (20x, no weight decay).
 
-    Only trainable parameters are included (frozen BatchNorm affine parameters are left out, as in
-    deeplab-pytorch which hands only convolution parameters to the optimiser). Each group carries its
-    `name` and `lr_mult`.
+    `lr_mult` overrides the three multipliers (from-scratch training wants (1, 1, 1): the 10x/20x
+    classifier rates assume a pretrained backbone). Only trainable parameters are included (frozen
+    BatchNorm affine parameters are left out, as in deeplab-pytorch which hands only convolution
+    parameters to the optimiser). Each group carries its `name` and `lr_mult`.
     """
+    if len(lr_mult) != 3 or any(m < 0 for m in lr_mult):
+        raise ValueError(f"lr_mult must be three non-negative multipliers (backbone, weight, bias), got {lr_mult}")
     head_w, head_b, head_ids = [], [], set()
     for m in model.modules():
         if isinstance(m, ASPP):
@@ -31,16 +36,14 @@ def param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]
     if not head_w:
         raise ValueError("model has no ASPP classifier; param_groups expects a DeepLabV2 or MSC(DeepLabV2)")
     frozen_ids = {id(p) for m in model.modules() if isinstance(m, FrozenBatchNorm2d) for p in m.parameters()}
-    backbone = [
-        p for p in model.parameters() if p.requires_grad and id(p) not in head_ids and id(p) not in frozen_ids
-    ]
+    backbone = [p for p in model.parameters() if p.requires_grad and id(p) not in head_ids and id(p) not in frozen_ids]
     groups = [
         {"name": "backbone", "params": backbone, "weight_decay": weight_decay},
         {"name": "classifier_weight", "params": [p for p in head_w if p.requires_grad], "weight_decay": weight_decay},
         {"name": "classifier_bias", "params": [p for p in head_b if p.requires_grad], "weight_decay": 0.0},
     ]
-    for g in groups:
-        g["lr_mult"] = LR_MULT[g["name"]]
+    for g, mult in zip(groups, lr_mult):
+        g["lr_mult"] = float(mult)
         g["lr"] = lr * g["lr_mult"]
     return [g for g in groups if g["params"]]
 
@@ -84,8 +87,13 @@ class PolyLR:
 
     def state_dict(self) -> dict:
         """Everything needed to resume."""
-        return {"max_iter": self.max_iter, "power": self.power, "step_every": self.step_every,
-                "base_lrs": list(self.base_lrs), "iteration": self.iteration}
+        return {
+            "max_iter": self.max_iter,
+            "power": self.power,
+            "step_every": self.step_every,
+            "base_lrs": list(self.base_lrs),
+            "iteration": self.iteration,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         """Restore from `state_dict()` and re-apply the lr of the restored iteration."""

@@ -51,6 +51,7 @@ class SegmenterConfig:
     lr: float = 2e-4  # CLIP-ES issue #7: 2e-4 ImageNet init, 2.5e-5 COCO init
     momentum: float = 0.9
     weight_decay: float = 5e-4
+    lr_mult: tuple[float, ...] = (1.0, 10.0, 20.0)  # backbone, ASPP weights, ASPP biases
     power: float = 0.9
     lr_step_every: int = 10
     iterations: int = 20000
@@ -78,7 +79,7 @@ class SegmenterConfig:
         if unknown:
             raise ValueError(f"unknown segmenter config keys: {unknown}")
         kw = dict(d)
-        for key in ("rates", "msc_scales", "scales", "scale_range"):
+        for key in ("rates", "msc_scales", "scales", "scale_range", "lr_mult"):
             if key in kw and kw[key] is not None:
                 kw[key] = tuple(kw[key])
         cfg = cls(**kw)
@@ -102,14 +103,24 @@ class SegmenterConfig:
             raise ValueError(f"bn must be one of {BN_MODES}, got {self.bn!r}")
         if self.normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation must be one of {NORMALISATIONS}, got {self.normalisation!r}")
-        for name in ("n_classes", "iterations", "batch_size", "grad_accum", "crop", "lr_step_every",
-                     "checkpoint_every", "log_every"):
+        for name in (
+            "n_classes",
+            "iterations",
+            "batch_size",
+            "grad_accum",
+            "crop",
+            "lr_step_every",
+            "checkpoint_every",
+            "log_every",
+        ):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
             raise ValueError(f"num_workers must be >= 0, got {self.num_workers}")
         if self.lr <= 0:
             raise ValueError(f"lr must be positive, got {self.lr}")
+        if len(self.lr_mult) != 3:
+            raise ValueError(f"lr_mult must be [backbone, classifier_weight, classifier_bias], got {self.lr_mult}")
         if self.scale_range is not None and len(self.scale_range) != 2:
             raise ValueError(f"scale_range must be [lo, hi], got {self.scale_range}")
 
@@ -127,14 +138,20 @@ class SegmenterConfig:
 def build_model(cfg: SegmenterConfig) -> nn.Module:
     """The (MSC-wrapped) DeepLabV2 described by `cfg`, randomly initialised."""
     return build_deeplab(
-        cfg.backbone, cfg.n_classes, rates=cfg.rates, width=cfg.width, bn=cfg.bn,
-        msc_scales=cfg.msc_scales, stride_in_1x1=cfg.caffe_resnet,
+        cfg.backbone,
+        cfg.n_classes,
+        rates=cfg.rates,
+        width=cfg.width,
+        bn=cfg.bn,
+        msc_scales=cfg.msc_scales,
+        stride_in_1x1=cfg.caffe_resnet,
     )
 
 
 # ----------------------------------------------------------------------------------------------------
 # Data: stateless order and augmentation
 # ----------------------------------------------------------------------------------------------------
+
 
 def mix_seed(*values: int) -> int:
     """A well-mixed 63-bit seed derived from integers (numpy SeedSequence)."""
@@ -196,8 +213,14 @@ class IterationBatches(torch.utils.data.Dataset):
             )
         g = torch.Generator().manual_seed(mix_seed(cfg.seed, iteration, slot, 0xA06))
         return augment(
-            normalise(image, cfg.normalisation), label_t, crop=cfg.crop, generator=g, scales=cfg.scales,
-            scale_range=cfg.scale_range, flip=cfg.flip, ignore_index=cfg.ignore_index,
+            normalise(image, cfg.normalisation),
+            label_t,
+            crop=cfg.crop,
+            generator=g,
+            scales=cfg.scales,
+            scale_range=cfg.scale_range,
+            flip=cfg.flip,
+            ignore_index=cfg.ignore_index,
         )
 
     def __getitem__(self, iteration: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -212,6 +235,7 @@ class IterationBatches(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------------------------------
 # Checkpoints
 # ----------------------------------------------------------------------------------------------------
+
 
 def atomic_save(obj: object, path: Path) -> None:
     """torch.save to a temporary file in the same directory, fsync, then rename over `path`."""
@@ -277,6 +301,7 @@ def load_segmenter(path: str | Path, device: str | torch.device | None = None) -
 # Training
 # ----------------------------------------------------------------------------------------------------
 
+
 def train_segmenter(
     dataset: torch.utils.data.Dataset,
     cfg: SegmenterConfig,
@@ -298,7 +323,9 @@ def train_segmenter(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, final_path = out_dir / CHECKPOINT_NAME, out_dir / FINAL_NAME
-    device = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = (
+        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    )
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
@@ -311,16 +338,27 @@ def train_segmenter(
             raise ValueError(f"{ckpt_path}: not a segmenter checkpoint")
         _check_resume_config(state["config"], cfg, ckpt_path)
         if state["dataset_len"] != len(dataset):
-            raise ValueError(f"{ckpt_path}: written for a dataset of {state['dataset_len']} samples, got {len(dataset)}")
+            raise ValueError(
+                f"{ckpt_path}: written for a dataset of {state['dataset_len']} samples, got {len(dataset)}"
+            )
         base_model(model).load_state_dict(state["model"])
     else:
-        initialise(model, cfg.init, cfg.init_path, log=log)
+        report = initialise(model, cfg.init, cfg.init_path, log=log)
+        if report is not None and report["layout"] == "torchvision" and cfg.normalisation != "rgb_imagenet":
+            log(
+                "warning: torchvision ImageNet weights were trained on RGB inputs with ImageNet mean/std; "
+                "normalisation=rgb_imagenet matches them (bgr_mean matches the Caffe/deeplab-pytorch weights)"
+            )
         if cfg.bn == "frozen" and cfg.init == "none":
-            log("warning: bn=frozen with init=none keeps random BN statistics (every BN is an identity); "
-                "bn=train is recommended when training from scratch")
+            log(
+                "warning: bn=frozen with init=none keeps random BN statistics (every BN is an identity); "
+                "bn=train is recommended when training from scratch"
+            )
     model.to(device)
 
-    optimizer = torch.optim.SGD(param_groups(model, cfg.lr, cfg.weight_decay), lr=cfg.lr, momentum=cfg.momentum)
+    optimizer = torch.optim.SGD(
+        param_groups(model, cfg.lr, cfg.weight_decay, cfg.lr_mult), lr=cfg.lr, momentum=cfg.momentum
+    )
     scheduler = PolyLR(optimizer, cfg.iterations, cfg.power, cfg.lr_step_every)
     use_amp = bool(cfg.amp) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
@@ -334,22 +372,37 @@ def train_segmenter(
         log(f"resuming from {ckpt_path} at iteration {start}/{cfg.iterations}")
 
     def save_checkpoint(iteration: int) -> None:
-        atomic_save({
-            "format": _FORMAT, "config": cfg.to_dict(), "iteration": iteration,
-            "model": base_model(model).state_dict(), "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "rng": _rng_state(),
-            "dataset_len": len(dataset),
-            # the data order is a pure function of (seed, iteration); recorded for inspection
-            "data_order": {"seed": cfg.seed, "next_iteration": iteration,
-                           "samples_per_iteration": cfg.samples_per_iteration},
-        }, ckpt_path)
+        atomic_save(
+            {
+                "format": _FORMAT,
+                "config": cfg.to_dict(),
+                "iteration": iteration,
+                "model": base_model(model).state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict(),
+                "rng": _rng_state(),
+                "dataset_len": len(dataset),
+                # the data order is a pure function of (seed, iteration); recorded for inspection
+                "data_order": {
+                    "seed": cfg.seed,
+                    "next_iteration": iteration,
+                    "samples_per_iteration": cfg.samples_per_iteration,
+                },
+            },
+            ckpt_path,
+        )
 
     end = cfg.iterations if stop_after is None else min(cfg.iterations, int(stop_after))
     if start < end:
         batches = IterationBatches(dataset, cfg)
         loader = torch.utils.data.DataLoader(
-            batches, batch_size=None, sampler=range(start, end), num_workers=cfg.num_workers,
-            pin_memory=device.type == "cuda", persistent_workers=False,
+            batches,
+            batch_size=None,
+            sampler=range(start, end),
+            num_workers=cfg.num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
         )
         model.train()
         t0, window = time.perf_counter(), []
@@ -376,8 +429,10 @@ def train_segmenter(
             window.append(total)
             if done % cfg.log_every == 0 or done == end:
                 rate = len(window) / max(time.perf_counter() - t0, 1e-9)
-                log(f"iter {done}/{cfg.iterations} loss {sum(window) / len(window):.4f} lr {lr_used:.3g} "
-                    f"({rate:.2f} it/s)")
+                log(
+                    f"iter {done}/{cfg.iterations} loss {sum(window) / len(window):.4f} lr {lr_used:.3g} "
+                    f"({rate:.2f} it/s)"
+                )
                 t0, window = time.perf_counter(), []
             if done % cfg.checkpoint_every == 0 or done == end:
                 save_checkpoint(done)
@@ -388,7 +443,14 @@ def train_segmenter(
     if start < cfg.iterations:
         return ckpt_path
     if not final_path.is_file():
-        atomic_save({"format": _FORMAT, "config": cfg.to_dict(), "iteration": cfg.iterations,
-                     "model": base_model(model).state_dict()}, final_path)
+        atomic_save(
+            {
+                "format": _FORMAT,
+                "config": cfg.to_dict(),
+                "iteration": cfg.iterations,
+                "model": base_model(model).state_dict(),
+            },
+            final_path,
+        )
         log(f"wrote {final_path}")
     return final_path

@@ -1,26 +1,25 @@
-"""Device assignment for GPU rules: each running job holds its own GPU slot (Snakemake assigns none)."""
+"""Compute settings for rule jobs: torch threads from the rule's `threads`, and a GPU slot per GPU job."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
 
+import torch
 
-def default_lock_dir() -> Path:
-    """Machine-local folder for the slot lock files (override with WSSS_GPU_LOCK_DIR)."""
-    return Path(os.environ.get("WSSS_GPU_LOCK_DIR", Path(tempfile.gettempdir()) / f"wsss-gpu-slots-{os.getuid()}"))
+from wsss.gpu_slots import default_lock_dir, gpu_slot
 
 
 @contextmanager
-def gpu_job(requested: int) -> Iterator[str | None]:
-    """Hold ``requested`` GPU slots for the duration of a rule's work; no-op for CPU rules and CPU-only hosts."""
-    if not requested:
+def compute_job(threads: int, gpus: int = 0) -> Iterator[str | None]:
+    """Run a rule's work with ``threads`` torch threads and, for GPU rules, its own GPU slot.
+
+    The thread count is set explicitly because float reductions depend on it: a job must compute the
+    same numbers locally and under SLURM, whatever the scheduler exports.
+    """
+    torch.set_num_threads(max(1, int(threads)))
+    if not gpus:
         yield None
         return
-    from wsss.gpu_slots import gpu_slot
-
-    with gpu_slot(default_lock_dir(), count=int(requested)) as devices:
+    with gpu_slot(default_lock_dir(), count=int(gpus)) as devices:
         yield devices

@@ -13,7 +13,8 @@ from PIL import Image
 from wsss.classes import dataset_vocabulary
 from wsss.datasets import read_manifest
 from wsss.h5store import get_image, image_ids, open_stage
-from wsss.metrics import confusion_matrix, scores
+from wsss.crf import training_labels, upsample_cams
+from wsss.metrics import IGNORE, confusion_matrix, scores
 from wsss.tables import write_metrics, write_per_class
 
 log = logging.getLogger(__name__)
@@ -29,8 +30,6 @@ def read_gt(path: str | Path) -> np.ndarray:
 
 def cam_labels(cams: np.ndarray, keys: np.ndarray, size: tuple[int, int], alpha: float) -> np.ndarray:
     """Label map from patch-resolution CAMs: bilinear upsampling, background (1 - max)^alpha, argmax."""
-    from wsss.crf import upsample_cams
-
     full = upsample_cams(cams, size, faithful=True).astype(np.float32)
     background = (1.0 - full.max(axis=0, initial=0.0)) ** alpha
     values = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1])
@@ -162,8 +161,8 @@ def evaluate_label_maps(
                 hists[(stage, split)] = hists.get((stage, split), 0) + confusion_matrix(gt, stored[field], n_class)
             if confidence_threshold is not None:
                 scored = gt < n_class
-                sure = scored & (stored["confidence"] >= np.float16(confidence_threshold))
                 labels = stored[next(iter(stage_fields))]
+                sure = scored & (training_labels(labels, stored["confidence"], confidence_threshold) != IGNORE)
                 confident[split] += [int((labels[sure] == gt[sure]).sum()), int(sure.sum())]
                 ignored[split] += [int((scored & ~sure).sum()), int(scored.sum())]
     for split, ids in targets.items():

@@ -84,11 +84,9 @@ def run_training(
     seed: int,
     checkpoint_dir: str | Path,
     out_path: str | Path,
-    threads: int = 1,
     locking: Any = None,
 ) -> None:
     """Train (resuming from ``checkpoint_dir`` if a checkpoint is there) and publish the final weights."""
-    torch.set_num_threads(max(1, threads))
     cfg = segmenter_config(section, n_classes, seed)
     dataset = PseudoMaskDataset(manifest_path, crf_files, threshold, locking)
     # Resume only a run with identical settings and pseudo masks: the folder is named by their digest.
@@ -118,11 +116,9 @@ def run_prediction(
     section: Mapping[str, Any],
     crf_section: Mapping[str, Any],
     out_path: str | Path,
-    threads: int = 1,
     locking: Any = None,
 ) -> None:
     """Predict one shard of a split: multi-scale (+flip) probabilities, argmax, optional dense CRF."""
-    torch.set_num_threads(max(1, threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model = load_segmenter(model_path, device=device)
     normalisation = torch.load(model_path, map_location="cpu", weights_only=True)["config"]["normalisation"]
