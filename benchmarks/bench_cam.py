@@ -1,21 +1,24 @@
 """Benchmark of the CAM stage (CLIP-ES stage 1) against a bare CLIP image-encoder forward, on CPU.
 
 ViT-B/16 geometry with random weights (no download), VOC-sized images (500x375 -> 512x384 -> 32x24 =
-768 patch tokens), K foreground classes and M background words per image. Per repeat, interleaved so
-that load drift from other processes hits both alike:
+768 patch tokens), K foreground classes and M background words per image. For every image of every
+repeat, a pair of timings is taken back to back (their order alternating), so that load from other
+processes hits both alike, and the per-pair ratios are reported:
 
-  (a) bare forward: ``model.encode_image`` under ``torch.no_grad`` on the same preprocessed tensors,
+  (a) bare forward: ``model.encode_image`` under ``torch.no_grad`` on the image's preprocessed tensor,
       with the position embeddings interpolated to the image grid (swapped into the model for the call;
-      open_clip's own path then runs its fused attention without attention maps or gradients);
-  (b) the CAM rule: ``wsss.stages.cams.run_cams`` on a generated manifest of N JPEG images (decode,
-      preprocessing, softmax-GradCAM, layer-mean attention, gzip HDF5 writes of the CAMs and of the
-      attention), with the model loader patched to hand back the already loaded model.
+      open_clip's own path then runs its fused attention, no attention maps, no gradients);
+  (b) the CAM rule: ``wsss.stages.cams.run_cams`` on a one-image shard of a generated manifest of JPEG
+      images (stage files, decode, preprocessing, softmax-GradCAM, layer-mean attention, gzip HDF5
+      writes of the CAMs and of the attention), with the model loader patched to hand back the
+      already loaded model.
 
-Afterwards ``run_caa`` refines the CAMs of the last repeat, and the bytes kept per image (initial CAM
-file + refined CAA file, gzip as the store writes it) are counted.
+Then one more pair at shard granularity (all N images; one N-image run_cams call), ``run_caa`` on the
+N-image shard, and the bytes kept per image (initial CAM file + refined CAA file, gzip as the store
+writes it). Same process, same torch threads for (a) and (b).
 
     nice .venv/bin/python benchmarks/bench_cam.py                      # defaults: 4 images, 3 repeats, K=2, M=25
-    nice .venv/bin/python benchmarks/bench_cam.py --images 4 --repeats 5 --threads 2
+    nice .venv/bin/python benchmarks/bench_cam.py --images 4 --repeats 5 --threads 2 --check
 """
 
 from __future__ import annotations
@@ -47,8 +50,11 @@ from wsss.h5store import image_ids, write_stage
 def synthetic_photo(rng: np.random.Generator, height: int, width: int) -> Image.Image:
     """A photograph-like RGB image: smooth gradient background, a few coloured ellipses, mild noise."""
     yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
-    image = rng.uniform(40, 200, 3).astype(np.float32) + yy[..., None] * rng.uniform(-0.15, 0.15, 3).astype(
-        np.float32) + xx[..., None] * rng.uniform(-0.15, 0.15, 3).astype(np.float32)
+    image = (
+        rng.uniform(40, 200, 3).astype(np.float32)
+        + yy[..., None] * rng.uniform(-0.15, 0.15, 3).astype(np.float32)
+        + xx[..., None] * rng.uniform(-0.15, 0.15, 3).astype(np.float32)
+    )
     for _ in range(int(rng.integers(3, 6))):
         cy, cx = rng.uniform(0.15, 0.85) * height, rng.uniform(0.15, 0.85) * width
         ry, rx = rng.uniform(0.08, 0.3) * height, rng.uniform(0.08, 0.3) * width
@@ -57,8 +63,9 @@ def synthetic_photo(rng: np.random.Generator, height: int, width: int) -> Image.
     return Image.fromarray(np.clip(image, 0, 255).astype(np.uint8))
 
 
-def make_inputs(folder: Path, n: int, height: int, width: int, k: int, n_classes: int, m: int, embed_dim: int,
-                seed: int) -> tuple[Path, Path]:
+def make_inputs(
+    folder: Path, n: int, height: int, width: int, k: int, n_classes: int, m: int, embed_dim: int, seed: int
+) -> tuple[Path, Path]:
     """Write n JPEGs, their manifest (K distinct labels each) and a text-feature file; return both paths."""
     rng = np.random.default_rng(seed)
     rows = []
@@ -72,7 +79,9 @@ def make_inputs(folder: Path, n: int, height: int, width: int, k: int, n_classes
     text = folder / "text.h5"
     g = torch.Generator().manual_seed(seed)
     with write_stage(text, "text_features", {"bench": True}) as out:
-        out.create_dataset("foreground", data=F.normalize(torch.randn(n_classes, embed_dim, generator=g), dim=-1).numpy())
+        out.create_dataset(
+            "foreground", data=F.normalize(torch.randn(n_classes, embed_dim, generator=g), dim=-1).numpy()
+        )
         out.create_dataset("background", data=F.normalize(torch.randn(m, embed_dim, generator=g), dim=-1).numpy())
     return manifest, text
 
@@ -82,8 +91,9 @@ def interpolated_positions(model, grid_hw: tuple[int, int]):
     """Temporarily give the image tower position embeddings for the grid, so encode_image runs at that size."""
     visual = model.visual
     original = visual.positional_embedding
-    visual.positional_embedding = torch.nn.Parameter(interpolate_pos_embed(original.detach(), grid_hw),
-                                                     requires_grad=False)
+    visual.positional_embedding = torch.nn.Parameter(
+        interpolate_pos_embed(original.detach(), grid_hw), requires_grad=False
+    )
     try:
         yield model
     finally:
@@ -108,8 +118,9 @@ def bare_forward(model, tensors: list[torch.Tensor]) -> None:
             model.encode_image(x[None])
 
 
-def cam_rule(manifest: Path, text: Path, shard: str, shard_size: int, cams_path: Path, affinity_path: Path,
-             cam_cfg: dict) -> None:
+def cam_rule(
+    manifest: Path, text: Path, shard: str, shard_size: int, cams_path: Path, affinity_path: Path, cam_cfg: dict
+) -> None:
     """The stage runner on one shard of the manifest (shard_size images)."""
     clip = {"model": "ViT-B-16", "pretrained": None, "precision": "fp32"}
     cams_stage.run_cams(manifest, shard, shard_size, text, clip, [], cam_cfg, cams_path, affinity_path)
@@ -159,6 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--attn-layers", type=int, default=-8, help="first block of the attention layer mean")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--check", action="store_true", help="also compare the fast and the per-token gradient paths on one image"
+    )
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -173,8 +187,17 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="bench_cam_") as tmp:
         folder = Path(tmp)
-        manifest, text = make_inputs(folder, args.images, args.height, args.width, args.classes, 20,
-                                     args.background, int(model.text_projection.shape[1]), args.seed)
+        manifest, text = make_inputs(
+            folder,
+            args.images,
+            args.height,
+            args.width,
+            args.classes,
+            20,
+            args.background,
+            int(model.text_projection.shape[1]),
+            args.seed,
+        )
         tensors = []
         for path in sorted(folder.glob("bench_*.jpg")):
             with Image.open(path) as image:
@@ -208,6 +231,32 @@ def main(argv: list[str] | None = None) -> int:
                 cam_w.append(pair["cam"][0])
                 cam_c.append(pair["cam"][1])
 
+        # One more pair at shard granularity: all N images through (a), then one N-image run_cams call
+        # (the per-shard set-up, which real 250-image shards amortise, is then paid once for N images).
+        with interpolated_positions(model, grid):
+            shard_bare = timed(bare_forward, model, tensors)
+        with preloaded_model(model, mean, std):
+            shard_cam = timed(cam_rule, manifest, text, "00000", args.images, *paths, cam_cfg)
+
+        check = None
+        if args.check:
+            # the fast fp32 gradient path against the reference arithmetic, on the first image at full size
+            from wsss.gradcam import softmax_gradcam
+
+            g = torch.Generator().manual_seed(args.seed)
+            fg = F.normalize(torch.randn(args.classes, model.text_projection.shape[1], generator=g), dim=-1)
+            bg = F.normalize(torch.randn(args.background, model.text_projection.shape[1], generator=g), dim=-1)
+            fast = softmax_gradcam(model, tensors[0], fg, bg, gradients="patch_sum")
+            slow = softmax_gradcam(model, tensors[0], fg, bg, gradients="per_token")
+            check = tuple(
+                float((a - b).abs().max())
+                for a, b in (
+                    (fast.cams, slow.cams),
+                    (fast.attention_mean, slow.attention_mean),
+                    (fast.logits, slow.logits),
+                )
+            )
+
         caa_path = folder / "caa.h5"
         caa_wall, _ = timed(cams_stage.run_caa, paths[0], paths[1], {}, caa_path)
         cam_data, cam_file = stored_bytes(paths[0])
@@ -218,23 +267,44 @@ def main(argv: list[str] | None = None) -> int:
     ratios_w = sorted(c / b for b, c in zip(bare_w, cam_w))
     ratios_c = sorted(c / b for b, c in zip(bare_c, cam_c))
     med = statistics.median
-    print(f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; load average {load_before[0]:.2f} before / {load_after[0]:.2f} after")
-    print(f"setup: {args.width}x{args.height} -> grid {grid[1]}x{grid[0]} = {grid[0] * grid[1]} tokens, "
-          f"K={args.classes}, M={args.background}, attention layers [{args.attn_layers}:], "
-          f"{args.images} images x {args.repeats} repeats, paired and interleaved (medians over pairs)")
+    print(f"command: {' '.join([os.path.basename(sys.executable), *sys.argv])}")
+    print(
+        f"machine: {cpu_model()}, {os.cpu_count()} CPUs, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; load average {load_before[0]:.2f} before / {load_after[0]:.2f} after"
+    )
+    print(
+        f"setup: {args.width}x{args.height} -> grid {grid[1]}x{grid[0]} = {grid[0] * grid[1]} tokens, "
+        f"K={args.classes}, M={args.background}, attention layers [{args.attn_layers}:], "
+        f"{args.images} images x {args.repeats} repeats, paired and interleaved (medians over pairs)"
+    )
     print(f"(a) bare encode_image      : {med(bare_w) * 1e3:8.1f} ms/image wall, {med(bare_c) * 1e3:8.1f} ms CPU")
-    print(f"(b) CAM rule (run_cams)    : {med(cam_w) * 1e3:8.1f} ms/image wall, {med(cam_c) * 1e3:8.1f} ms CPU, "
-          f"{1 / med(cam_w):.3f} images/s")
+    print(
+        f"(b) CAM rule (run_cams)    : {med(cam_w) * 1e3:8.1f} ms/image wall, {med(cam_c) * 1e3:8.1f} ms CPU, "
+        f"{1 / med(cam_w):.3f} images/s"
+    )
     print(f"(b)/(a) per pair, wall     : {' '.join(f'{r:.3f}' for r in ratios_w)} -> median {med(ratios_w):.3f}")
     print(f"(b)/(a) per pair, CPU      : {' '.join(f'{r:.3f}' for r in ratios_c)} -> median {med(ratios_c):.3f}")
+    print(
+        f"one {args.images}-image shard       : (a) {shard_bare[0] / args.images * 1e3:.1f} ms/image, (b) "
+        f"{shard_cam[0] / args.images * 1e3:.1f} ms/image wall -> (b)/(a) {shard_cam[0] / shard_bare[0]:.3f} wall, "
+        f"{shard_cam[1] / shard_bare[1]:.3f} CPU"
+    )
+    if check is not None:
+        print(
+            f"patch_sum vs per_token     : max |diff| cams {check[0]:.2e}, attention {check[1]:.2e}, "
+            f"logits {check[2]:.2e}"
+        )
     print(f"run_caa ({args.images} images)     : {caa_wall / args.images * 1e3:8.1f} ms/image wall")
-    print(f"peak RSS: {rss_start:.0f} MiB at start, {rss_model:.0f} after loading the model, "
-          f"{rss_bare:.0f} after a bare forward, {rss_cam:.0f} after a CAM run "
-          f"(+{rss_cam - rss_bare:.0f} MiB for the CAM path)")
-    print(f"kept bytes/image: CAM datasets {cam_data:.0f} + CAA datasets {caa_data:.0f} = {cam_data + caa_data:.0f} B; "
-          f"whole files {cam_file:.0f} + {caa_file:.0f} = {cam_file + caa_file:.0f} B "
-          f"(intermediate affinity file {affinity_file:.0f} B/image, not kept)")
+    print(
+        f"peak RSS: {rss_start:.0f} MiB at start, {rss_model:.0f} after loading the model, "
+        f"{rss_bare:.0f} after a bare forward, {rss_cam:.0f} after a CAM run "
+        f"(+{rss_cam - rss_bare:.0f} MiB for the CAM path)"
+    )
+    print(
+        f"kept bytes/image: CAM datasets {cam_data:.0f} + CAA datasets {caa_data:.0f} = {cam_data + caa_data:.0f} B; "
+        f"whole files {cam_file:.0f} + {caa_file:.0f} = {cam_file + caa_file:.0f} B "
+        f"(intermediate affinity file {affinity_file:.0f} B/image, not kept)"
+    )
     return 0
 
 

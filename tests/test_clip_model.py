@@ -12,9 +12,12 @@ from PIL import Image
 from torchvision import transforms as T
 
 from wsss.clip_model import (
+    attention_parts,
+    block_forward,
     block_forward_with_attention,
     build_clip,
     config_from_openai_state_dict,
+    embedding_from_attention_output,
     encode_image_tokens,
     file_sha256,
     image_embedding_from_last_block,
@@ -261,3 +264,62 @@ def test_load_clip_torchscript_archive(tmp_path):
     assert cfg["vision_cfg"] == {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 64}
     assert cfg["text_cfg"]["context_length"] == 77 and cfg["text_cfg"]["layers"] == 2
     assert cfg["text_cfg"]["vocab_size"] == 49408 and cfg["text_cfg"]["width"] == 64
+
+
+def test_encode_image_tokens_only_requested_attention_maps():
+    m = tiny()
+    img = torch.randn(1, 3, 32, 64)
+    with torch.no_grad():
+        full_tokens, full = encode_image_tokens(m, img, upto_block=2)
+        tokens, some = encode_image_tokens(m, img, upto_block=2, attention_blocks=[-1])
+    assert some[0] is None and torch.allclose(some[1], full[1], atol=1e-7)
+    assert torch.allclose(tokens, full_tokens, atol=1e-5)  # fused vs explicit attention: rounding only
+    _, none = encode_image_tokens(m, img, upto_block=2, attention_blocks=[])
+    assert none == [None, None]
+    with pytest.raises(ValueError, match="attention_blocks"):
+        encode_image_tokens(m, img, upto_block=2, attention_blocks=[2])
+
+
+def test_block_forward_equals_open_clip_block():
+    m = tiny()
+    blk = m.visual.transformer.resblocks[1]
+    x = torch.randn(1, 9, 64)
+    with torch.no_grad():
+        assert torch.allclose(block_forward(blk, x), block_forward_with_attention(blk, x)[0], atol=1e-5)
+
+
+def test_attention_parts_match_multihead_attention():
+    m = tiny()
+    blk = m.visual.transformer.resblocks[0]
+    x = torch.randn(11, 64)
+    with torch.no_grad():
+        parts = attention_parts(blk.attn, x)
+        out, weights = blk.attn(x[None], x[None], x[None], need_weights=True)
+        projected = F.linear(parts.out, blk.attn.out_proj.weight, blk.attn.out_proj.bias)
+    heads = blk.attn.num_heads
+    assert parts.q.shape == parts.k.shape == parts.v.shape == (heads, 11, 64 // heads)
+    assert parts.probs.shape == (heads, 11, 11) and parts.scale == pytest.approx(1 / math.sqrt(64 // heads))
+    assert torch.allclose(parts.probs.sum(-1), torch.ones(heads, 11), atol=1e-6)
+    assert torch.allclose(parts.probs.mean(0), weights[0], atol=1e-7)
+    assert torch.allclose(projected, out[0], atol=1e-6)
+    # with autograd recording, the softmax is not done in place (the graph stays valid)
+    xr = x.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(attention_parts(blk.attn, xr).out.sum(), xr)
+    assert g.shape == x.shape and torch.isfinite(g).all()
+    with pytest.raises(ValueError, match="one"):
+        attention_parts(blk.attn, x[None])
+
+
+def test_embedding_from_attention_output_equals_last_block():
+    m = tiny()
+    img = torch.randn(1, 3, 48, 32)
+    with torch.no_grad():
+        tokens, _ = encode_image_tokens(m, img, upto_block=1)
+        emb, ln1, attn = image_embedding_from_last_block(m, tokens)
+        emb_fused, _, none = image_embedding_from_last_block(m, tokens, need_attention=False)
+        parts = attention_parts(m.visual.transformer.resblocks[-1].attn, ln1[0])
+        emb_parts = embedding_from_attention_output(m, tokens, parts.out[None])
+    assert none is None
+    assert torch.allclose(emb_fused, emb, atol=1e-5)
+    assert torch.allclose(emb_parts, emb, atol=1e-5)
+    assert torch.allclose(parts.probs.mean(0), attn[0], atol=1e-7)

@@ -56,8 +56,9 @@ def cam_from_channel_weights(acts: torch.Tensor, alpha: torch.Tensor, grid_hw: t
     """
     h, w = grid_hw
     if alpha.ndim != 2 or acts.ndim not in (2, 3) or acts.shape[-1] != alpha.shape[-1]:
-        raise ValueError(f"acts must be (N, D) or (K, N, D) and alpha (K, D), got {tuple(acts.shape)} "
-                         f"and {tuple(alpha.shape)}")
+        raise ValueError(
+            f"acts must be (N, D) or (K, N, D) and alpha (K, D), got {tuple(acts.shape)} " f"and {tuple(alpha.shape)}"
+        )
     k, n = alpha.shape[0], acts.shape[-2]
     if n != h * w:
         raise ValueError(f"{n} patch tokens do not fit the grid {h}x{w}")
@@ -137,7 +138,7 @@ def patch_sum_of_input_gradients(
     # for every key m and class: sum over patch queries n of P[n, m] * [dO_n | r_n], one batched product
     rhs = torch.cat([d_o, r[..., None]], dim=-1)[:, :, 1:].transpose(1, 2).reshape(heads, n_tok - 1, -1)
     w = torch.bmm(probs[:, 1:, :].transpose(1, 2), rhs).view(heads, n_tok, n_cls, hd + 1)
-    col = (w[..., :hd] * v[:, :, None, :]).sum(dim=-1)  # (H, L, K)
+    col = (w[..., :hd] * v[:, :, None, :]).sum(dim=-1) - w[..., hd]  # (H, L, K)
     dq = torch.bmm(col.transpose(1, 2), k) * parts.scale  # (H, K, hd)
     dk = torch.bmm(row, q) * parts.scale
     dv = (d_o * probs[:, :, 1:].sum(dim=-1)[:, None, :, None]).sum(dim=2)
@@ -247,8 +248,9 @@ def softmax_gradcam(
 
     # Blocks 1..n-1 run once without grad; those whose maps the layer mean does not use take the fused
     # attention kernel (same numbers up to float rounding).
-    tokens, attentions = encode_image_tokens(model, image[None].to(device), upto_block=n_blocks - 1,
-                                             attention_blocks=wanted)
+    tokens, attentions = encode_image_tokens(
+        model, image[None].to(device), upto_block=n_blocks - 1, attention_blocks=wanted
+    )
     text = torch.cat([fg_text, bg_text], dim=0) if use_background else fg_text
     text = text.to(device=device, dtype=dtype)
     # the reference renormalises the (already unit) text features in the model dtype before the logits
@@ -258,8 +260,9 @@ def softmax_gradcam(
     last_weights = _weights_patch_sum if gradients == "patch_sum" else _weights_per_token
     alpha, acts, logits, attn_last = last_weights(model, tokens, text, k, score, n_blocks - 1 in wanted)
     cams = cam_from_channel_weights(acts, alpha, grid_hw)
-    attention_mean = layer_mean_attention([a[0] if a is not None else None for a in attentions] + [attn_last],
-                                          attn_layers)
+    attention_mean = layer_mean_attention(
+        [a[0] if a is not None else None for a in attentions] + [attn_last], attn_layers
+    )
     return CamResult(
         cams=cams.cpu(),
         attention_mean=attention_mean.cpu(),
