@@ -12,6 +12,7 @@ from PIL import Image
 from torchvision import transforms as T
 
 from wsss.clip_model import (
+    add_head_sum,
     attention_parts,
     block_forward,
     block_forward_with_attention,
@@ -104,6 +105,19 @@ def test_image_to_tensor_matches_torchvision():
     ref = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])(img)
     assert torch.equal(image_to_tensor(img, MEAN, STD), ref)
     assert image_stats(tiny()) == (MEAN, STD)
+
+
+def test_image_to_tensor_every_level_and_grayscale_match_torchvision():
+    # every uint8 value in every channel, in a different order per channel
+    rng = np.random.default_rng(3)
+    arr = np.stack([rng.permutation(256) for _ in range(3)], axis=-1).astype(np.uint8).reshape(16, 16, 3)
+    mean, std = (0.3, 0.5, 0.7), (0.2, 0.3, 0.25)
+    for img in (Image.fromarray(arr, mode="RGB"), Image.fromarray(arr[:, :, 0], mode="L")):
+        ref = T.Compose([T.ToTensor(), T.Normalize(mean, std)])(img.convert("RGB"))
+        out = image_to_tensor(img, mean, std)
+        assert out.is_contiguous() and torch.equal(out, ref)
+    one = T.Compose([T.ToTensor(), T.Normalize((0.5,), (0.25,))])(Image.fromarray(arr, mode="RGB"))
+    assert torch.equal(image_to_tensor(Image.fromarray(arr, mode="RGB"), (0.5,), (0.25,)), one)
 
 
 def test_interpolate_pos_embed_shapes_and_cls():
@@ -323,3 +337,22 @@ def test_embedding_from_attention_output_equals_last_block():
     assert torch.allclose(emb_fused, emb, atol=1e-5)
     assert torch.allclose(emb_parts, emb, atol=1e-5)
     assert torch.allclose(parts.probs.mean(0), attn[0], atol=1e-7)
+
+
+def test_attention_sum_accumulates_head_sums_of_the_selected_blocks():
+    m = tiny()
+    img = torch.randn(2, 3, 32, 48)
+    blk = m.visual.transformer.resblocks[0]
+    with torch.no_grad():
+        tokens, maps = encode_image_tokens(m, img, upto_block=2)
+        embedded, _ = encode_image_tokens(m, img, upto_block=0)
+        _, per_head = block_forward_with_attention(blk, embedded, average_heads=False)
+        total = torch.full((2, 7, 7), 0.5)
+        tokens_sum, none = encode_image_tokens(m, img, upto_block=2, attention_blocks=[0, 1], attention_sum=total)
+    heads = blk.attn.num_heads
+    assert per_head.shape == (2, heads, 7, 7) and torch.allclose(per_head.mean(1), maps[0], atol=1e-7)
+    assert none == [None, None] and torch.allclose(tokens_sum, tokens, atol=1e-6)
+    # added in place to what the buffer held, summed over heads and blocks
+    assert torch.allclose(total, 0.5 + heads * (maps[0] + maps[1]), atol=1e-5)
+    add_head_sum(total, per_head)
+    assert torch.allclose(total, 0.5 + heads * (2 * maps[0] + maps[1]), atol=1e-5)

@@ -11,9 +11,11 @@ from wsss.clip_model import build_clip, encode_image_tokens
 from wsss.demo_clip import (
     CHECKPOINT_FORMAT,
     DEFAULT_SETTINGS,
+    appearance_affinity,
     attention_affinity_loss,
     augment_batch,
     caption_concepts,
+    concept_affinity,
     dense_caption_loss,
     demo_tokenizer,
     encode_image_train,
@@ -51,8 +53,8 @@ def test_unknown_setting_is_rejected_by_name():
         resolve_settings({"vision_width": 30, "vision_heads": 4})
     with pytest.raises(ValueError, match="precision"):
         resolve_settings({"precision": "fp16"})
-    with pytest.raises(ValueError, match="attn_weight > 0 needs dense_weight"):
-        resolve_settings({"attn_weight": 1.0, "dense_weight": 0.0})
+    with pytest.raises(ValueError, match="'concept' needs dense_weight"):
+        resolve_settings({"attn_weight": 1.0, "attn_target": "concept", "dense_weight": 0.0})
 
 
 def test_settings_override_key_by_key():
@@ -105,9 +107,9 @@ def test_dense_loss_prefers_patches_on_named_concepts():
 def test_attention_loss_is_lowest_for_the_concept_affinity():
     # 4 patches: two on concept 0, two on concept 1; the caption names both
     patch = torch.tensor([[[1.0, 0], [1.0, 0], [0, 1.0], [0, 1.0]]])
-    concepts = torch.eye(2)
-    present = torch.tensor([[True, True]])
-    scale = torch.tensor(50.0)
+    target = concept_affinity(patch, torch.eye(2), torch.tensor([[True, True]]), torch.tensor(50.0))
+    assert torch.allclose(target[0], torch.tensor([[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0],
+                                                   [0, 0, 0.5, 0.5], [0, 0, 0.5, 0.5]]), atol=1e-4)
 
     def attn(rows):  # (1+N, 1+N) with a CLS row/column that the loss must ignore
         a = torch.full((5, 5), 0.1)
@@ -117,9 +119,20 @@ def test_attention_loss_is_lowest_for_the_concept_affinity():
     same = attn([[0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0], [0, 0, 0.5, 0.5], [0, 0, 0.5, 0.5]])
     uniform = attn([[0.25] * 4] * 4)
     crossed = attn([[0, 0, 0.5, 0.5], [0, 0, 0.5, 0.5], [0.5, 0.5, 0, 0], [0.5, 0.5, 0, 0]])
-    losses = [float(attention_affinity_loss([a], patch, concepts, present, scale)) for a in (same, uniform, crossed)]
+    losses = [float(attention_affinity_loss([a], target)) for a in (same, uniform, crossed)]
     assert losses[0] < losses[1] < losses[2]
     assert abs(losses[0] - torch.log(torch.tensor(2.0)).item()) < 1e-3  # the entropy of the target rows
+
+
+def test_appearance_affinity_groups_equal_colours():
+    # a 2x2 patch grid: left column red, right column blue
+    img = torch.zeros(1, 3, 4, 4)
+    img[0, 0, :, :2] = 1.0
+    img[0, 2, :, 2:] = 1.0
+    aff = appearance_affinity(img, 2, sigma_rgb=0.2, sigma_xy=10.0, std=(1.0, 1.0, 1.0))
+    assert aff.shape == (1, 4, 4) and torch.allclose(aff.sum(-1), torch.ones(1, 4))
+    # patch 0 (top-left, red) is most similar to patch 2 (bottom-left, red), not to the blue ones
+    assert aff[0, 0, 2] > 100 * aff[0, 0, 1] and aff[0, 0, 2] > 100 * aff[0, 0, 3]
 
 
 def test_train_encoder_matches_with_and_without_attention_maps():

@@ -25,15 +25,6 @@ from wsss.segmenter.losses import balanced_ce, ce_loss, resize_labels, segmentat
 from wsss.segmenter.schedule import PolyLR, param_groups, poly_lr
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a single intra-op thread is faster on the shared 2-core machine and avoids spinning."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _ceil8(n: int) -> int:
     return -(-n // 8)
 

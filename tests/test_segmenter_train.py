@@ -19,15 +19,6 @@ from wsss.segmenter.train import (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: a single intra-op thread is faster on the shared 2-core machine and avoids spinning."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230]], dtype=np.uint8)
 
 

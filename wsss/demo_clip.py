@@ -41,6 +41,8 @@ __all__ = [
     "augment_batch",
     "encode_image_train",
     "dense_caption_loss",
+    "concept_affinity",
+    "appearance_affinity",
     "attention_affinity_loss",
     "train_demo_clip",
     "save_demo_clip",
@@ -78,9 +80,12 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "dense_scale_init": 10.0,  # initial (learnable) logit scale of the per-patch concept softmax
     "dense_topk": 4,  # a named concept's image score is the mean of its top-k patch probabilities
     "concepts": "demo",  # "demo" = DEMO_CLASSES + DEMO_BACKGROUNDS, or an explicit list of words
-    # --- attention affinity loss (needs dense_weight > 0; 0 disables it)
+    # --- attention affinity loss (0 disables it)
     "attn_weight": 0.0,
     "attn_blocks": 2,  # the last blocks whose attention is aligned (CAA uses the last half)
+    "attn_target": "appearance",  # appearance (colour + position kernel) | concept (needs dense_weight > 0)
+    "attn_sigma_rgb": 0.08,  # colour scale of the appearance kernel, [0, 1] RGB units
+    "attn_sigma_xy": 3.0,  # position scale of the appearance kernel, in patches
     # --- augmentation (random resized crop of the whole image, horizontal flip)
     "crop_scale": [0.7, 1.0],  # range of the crop's area fraction
     "crop_ratio": [0.8, 1.25],  # range of the crop's aspect ratio
@@ -135,7 +140,7 @@ def _check_settings(s: Mapping[str, Any]) -> None:
             raise ValueError(f"demo_clip: {key} must be [low, high] with 0 < low <= high, got {lo_hi!r}")
     if float(s["crop_scale"][1]) > 1:
         raise ValueError(f"demo_clip: crop_scale must not exceed 1, got {s['crop_scale']!r}")
-    for key in ("lr", "temperature_init", "max_logit_scale", "dense_scale_init"):
+    for key in ("lr", "temperature_init", "max_logit_scale", "dense_scale_init", "attn_sigma_rgb", "attn_sigma_xy"):
         if not float(s[key]) > 0:
             raise ValueError(f"demo_clip: {key} must be positive, got {s[key]!r}")
     for key in ("weight_decay", "dense_weight", "attn_weight"):
@@ -143,8 +148,10 @@ def _check_settings(s: Mapping[str, Any]) -> None:
             raise ValueError(f"demo_clip: {key} must be >= 0, got {s[key]!r}")
     if s["attn_weight"] > 0 and not 1 <= s["attn_blocks"] <= s["vision_layers"]:
         raise ValueError(f"demo_clip: attn_blocks must be in 1..vision_layers ({s['vision_layers']}), got {s['attn_blocks']}")
-    if s["attn_weight"] > 0 and not s["dense_weight"] > 0:
-        raise ValueError("demo_clip: attn_weight > 0 needs dense_weight > 0 (the affinity target comes from it)")
+    if s["attn_target"] not in ("appearance", "concept"):
+        raise ValueError(f"demo_clip: attn_target must be 'appearance' or 'concept', got {s['attn_target']!r}")
+    if s["attn_weight"] > 0 and s["attn_target"] == "concept" and not s["dense_weight"] > 0:
+        raise ValueError("demo_clip: attn_target 'concept' needs dense_weight > 0 (the affinity target comes from it)")
     if s["pooling"] not in ("cls", "mean"):
         raise ValueError(f"demo_clip: pooling must be 'cls' or 'mean', got {s['pooling']!r}")
     if s["precision"] not in ("bf16", "fp32"):
@@ -361,22 +368,47 @@ def dense_caption_loss(
     return inside + cover
 
 
-def attention_affinity_loss(
-    attentions: Sequence[torch.Tensor], patch_emb: torch.Tensor, concept_emb: torch.Tensor,
-    present: torch.Tensor, scale: torch.Tensor,
+def concept_affinity(
+    patch_emb: torch.Tensor, concept_emb: torch.Tensor, present: torch.Tensor, scale: torch.Tensor
 ) -> torch.Tensor:
-    """Cross-entropy from the caption-restricted concept affinity to the patch-to-patch attention rows.
-
-    Target row i: P P^T normalised, where P (B, N, C) is each patch's concept softmax restricted to the
-    concepts its caption names (detached: the attention follows the semantics, not the reverse). The
-    attention rows (CLS column dropped, renormalised) are what CAA turns into an affinity.
-    """
+    """(B, N, N) rows summing to 1: P P^T with P each patch's concept softmax over the caption's concepts."""
     with torch.no_grad():
         p = F.normalize(patch_emb.float(), dim=-1) @ F.normalize(concept_emb.float(), dim=-1).t()
         p = (scale * p).masked_fill(~present[:, None, :], float("-inf")).softmax(dim=-1)
-        target = p @ p.transpose(1, 2)  # (B, N, N)
-        target = target / target.sum(dim=-1, keepdim=True)
-    loss = patch_emb.new_zeros((), dtype=torch.float32)
+        target = p @ p.transpose(1, 2)
+        return target / target.sum(dim=-1, keepdim=True)
+
+
+def appearance_affinity(
+    images: torch.Tensor, patch: int, sigma_rgb: float, sigma_xy: float,
+    std: Sequence[float] = OPENAI_DATASET_STD,
+) -> torch.Tensor:
+    """(B, N, N) rows summing to 1: a bilateral kernel on patch mean colours and patch-grid positions.
+
+    images are normalised (B, 3, H, W); colours are compared in [0, 1] RGB units (the mean cancels),
+    positions in patch units. This is a label-free image prior, like the dense CRF's bilateral term.
+    """
+    with torch.no_grad():
+        s = torch.as_tensor(std, dtype=torch.float32, device=images.device)[None, :, None, None]
+        col = F.avg_pool2d(images.float() * s, patch)  # (B, 3, gh, gw)
+        b, _, gh, gw = col.shape
+        col = col.flatten(2).transpose(1, 2)  # (B, N, 3)
+        yy, xx = torch.meshgrid(torch.arange(gh, device=images.device), torch.arange(gw, device=images.device),
+                                indexing="ij")
+        pos = torch.stack([yy.flatten(), xx.flatten()], dim=-1).float()  # (N, 2)
+        d_col = torch.cdist(col, col).square() / (2 * sigma_rgb ** 2)
+        d_pos = torch.cdist(pos, pos).square() / (2 * sigma_xy ** 2)
+        target = torch.exp(-(d_col + d_pos[None]))
+        return target / target.sum(dim=-1, keepdim=True)
+
+
+def attention_affinity_loss(attentions: Sequence[torch.Tensor], target: torch.Tensor) -> torch.Tensor:
+    """Mean over blocks of the cross-entropy from target rows (B, N, N) to the patch-to-patch attention rows.
+
+    attentions are head-averaged (B, 1+N, 1+N) maps; the CLS row and column are dropped and the rows
+    renormalised, exactly the part of the attention that CAA turns into an affinity.
+    """
+    loss = target.new_zeros((), dtype=torch.float32)
     for a in attentions:
         a = a[:, 1:, 1:].float()
         log_a = (a / a.sum(dim=-1, keepdim=True)).clamp_min(1e-8).log()
@@ -501,8 +533,12 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
             loss = loss + float(s["dense_weight"]) * dense
         attn_loss = torch.zeros((), device=device)
         if use_attn:
-            attn_loss = attention_affinity_loss(attns, patch_emb, concept_emb, present[idx].to(device),
-                                                dense_log_scale.exp())
+            if s["attn_target"] == "appearance":
+                target_aff = appearance_affinity(x, int(s["patch_size"]), float(s["attn_sigma_rgb"]),
+                                                 float(s["attn_sigma_xy"]))
+            else:
+                target_aff = concept_affinity(patch_emb, concept_emb, present[idx].to(device), dense_log_scale.exp())
+            attn_loss = attention_affinity_loss(attns, target_aff)
             loss = loss + float(s["attn_weight"]) * attn_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -10,6 +10,7 @@ from open_clip.model import CLIP
 
 from .clip_model import (
     AttentionParts,
+    add_head_sum,
     attention_parts,
     embedding_from_attention_output,
     encode_image_tokens,
@@ -30,6 +31,7 @@ __all__ = [
 ]
 
 _SCORES = ("softmax", "logit")
+_ARITHMETIC = ("auto", "reference", "fast")
 
 
 @dataclass
@@ -153,22 +155,19 @@ def _scores(model: CLIP, emb: torch.Tensor, text: torch.Tensor, score: str) -> t
     return logits, (logits.softmax(dim=-1) if score == "softmax" else logits)
 
 
-# (alpha (K, D), patch activations (N, D), logits (T,), last block attention (L, L) or None)
-_LastBlock = tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]
-
-
-def _weights_per_token(
+def _weights_reference(
     model: CLIP, tokens: torch.Tensor, text: torch.Tensor, k: int, score: str, need_attention: bool
-) -> _LastBlock:
-    """(alpha (K, D), patch activations (N, D), logits (T,), last attention or None) from per-token gradients.
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """(alpha (K, D), patch activations (N, D), logits (T,), last block's head-mean attention or None).
 
-    The gradients w.r.t. the ln_1 output are formed for every token, one backward per class, and averaged
-    like the reference does (fp16-faithful)."""
+    The gradients w.r.t. the ln_1 output are formed for every token, one backward per class through the
+    retained graph of the single forward, and averaged in the reference's arithmetic (fp16-faithful).
+    """
     with torch.enable_grad():
         emb, ln1, attn = image_embedding_from_last_block(model, tokens, need_attention=need_attention)
         logits, scores = _scores(model, emb, text, score)
-        # one backward per class through the retained graph of the single forward, w.r.t. the ln_1 output
-        # only (the parameters are frozen): the same gradients as the reference's K forward/backward passes
+        # w.r.t. the ln_1 output only (the parameters are frozen): the same gradients as the reference's
+        # K separate forward/backward passes
         grads = torch.cat([torch.autograd.grad(scores[0, c], ln1, retain_graph=c < k - 1)[0] for c in range(k)])
     acts = ln1.detach()[0, 1:]
     # the reference's mean of the (fp16) per-token gradients: fp32 accumulation, rounded to the dtype
@@ -176,25 +175,33 @@ def _weights_per_token(
     return alpha, acts, logits.detach()[0], (attn.detach()[0] if attn is not None else None)
 
 
-def _weights_patch_sum(
-    model: CLIP, tokens: torch.Tensor, text: torch.Tensor, k: int, score: str, need_attention: bool
-) -> _LastBlock:
-    """Same outputs as _weights_per_token; autograd stops at the attention output, the rest is by hand.
+def _weights_fast(
+    model: CLIP, tokens: torch.Tensor, text: torch.Tensor, k: int, score: str, attention_sum: torch.Tensor | None
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(alpha (K, D), patch activations (N, D), logits (T,)); the same numbers up to float summation order.
 
-    Only the patch sum of the ln_1-output gradients is formed (patch_sum_of_input_gradients), which skips
-    the backward through the (H, L, L) attention and the in-projection for every class."""
+    The K gradients w.r.t. the attention output come from one vectorised backward (torch.func.vjp + vmap);
+    below the attention only their patch sums are formed by hand (patch_sum_of_input_gradients), which
+    skips the per-class backward through the (H, L, L) maps and the in-projection. The last block's
+    per-head attention is added to attention_sum when given.
+    """
     block = model.visual.transformer.resblocks[-1]
     with torch.no_grad():
         ln1 = block.ln_1(tokens)
         parts = attention_parts(block.attn, ln1[0])
-    with torch.enable_grad():
-        out = parts.out[None].requires_grad_(True)
+        if attention_sum is not None:
+            add_head_sum(attention_sum, parts.probs[None])
+
+    def class_scores(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, scores = _scores(model, embedding_from_attention_output(model, tokens, out), text, score)
-        d_out = torch.cat([torch.autograd.grad(scores[0, c], out, retain_graph=c < k - 1)[0] for c in range(k)])
+        return scores[0, :k], logits[0]
+
+    # torch.func.vjp differentiates even under an outer no_grad; vmap runs the K backward passes as one
+    _, vjp_fn, logits = torch.func.vjp(class_scores, parts.out[None], has_aux=True)
+    (d_out,) = torch.vmap(vjp_fn)(torch.eye(k, dtype=parts.out.dtype, device=parts.out.device))
     with torch.no_grad():
-        alpha = patch_sum_of_input_gradients(parts, d_out, block.attn.in_proj_weight) / (ln1.shape[1] - 1)
-        attn = parts.probs.mean(dim=0) if need_attention else None
-    return alpha, ln1[0, 1:], logits.detach()[0], attn
+        alpha = patch_sum_of_input_gradients(parts, d_out[:, 0], block.attn.in_proj_weight) / (ln1.shape[1] - 1)
+    return alpha, ln1[0, 1:], logits.detach()
 
 
 def softmax_gradcam(
@@ -206,7 +213,7 @@ def softmax_gradcam(
     score: str = "softmax",
     use_background: bool = True,
     attn_layers: Sequence[int | None] = (-8, None),
-    gradients: str = "auto",
+    arithmetic: str = "auto",
 ) -> CamResult:
     """CLIP-ES softmax-GradCAM of one preprocessed image (3, H, W) for its K present classes.
 
@@ -215,16 +222,16 @@ def softmax_gradcam(
     does). The model's weight dtype sets the precision: fp16 weights give the reference's manual half
     precision (no autocast, which would change the softmax/LayerNorm dtypes), fp32 weights give fp32.
 
-    gradients: "per_token" forms every patch token's gradient and averages them (the reference's
-    arithmetic, rounding included); "patch_sum" forms only their sum, by hand below the last attention
-    (exact up to float summation order; it skips the per-class backward through the (H, L, L) attention
-    and the in-projection); "auto" = patch_sum for fp32 weights, per_token otherwise (so fp16 keeps the
-    reference's fp16 roundings).
+    arithmetic: "reference" follows the reference's order of operations and roundings (per-token
+    gradients averaged over the patches, per-block head means averaged over the blocks); "fast" computes
+    the same quantities with fewer passes (patch sums of the gradients taken by hand below the last
+    attention, one running sum of the maps over heads and blocks), equal up to float summation order;
+    "auto" = fast for fp32 weights, reference otherwise (fp16 keeps the reference's fp16 roundings).
     """
     if score not in _SCORES:
         raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
-    if gradients not in ("auto", "per_token", "patch_sum"):
-        raise ValueError(f"gradients must be 'auto', 'per_token' or 'patch_sum', got {gradients!r}")
+    if arithmetic not in _ARITHMETIC:
+        raise ValueError(f"arithmetic must be one of {_ARITHMETIC}, got {arithmetic!r}")
     if image.ndim == 4 and image.shape[0] == 1:
         image = image[0]
     if image.ndim != 3 or image.shape[0] != 3:
@@ -238,31 +245,37 @@ def softmax_gradcam(
     dtype = model_dtype(model)
     p = patch_size(model)
     grid_hw = (int(image.shape[-2]) // p, int(image.shape[-1]) // p)
-    n_blocks = len(model.visual.transformer.resblocks)
+    blocks = model.visual.transformer.resblocks
+    n_blocks = len(blocks)
     k = int(fg_text.shape[0])
     wanted = attention_block_indices(n_blocks, attn_layers)
     if not wanted:
         raise ValueError(f"attention layers {list(attn_layers)} select none of {n_blocks} blocks")
-    if gradients == "auto":
-        gradients = "patch_sum" if dtype == torch.float32 else "per_token"
-
-    # Blocks 1..n-1 run once without grad; those whose maps the layer mean does not use take the fused
-    # attention kernel (same numbers up to float rounding).
-    tokens, attentions = encode_image_tokens(
-        model, image[None].to(device), upto_block=n_blocks - 1, attention_blocks=wanted
-    )
+    if arithmetic == "auto":
+        arithmetic = "fast" if dtype == torch.float32 else "reference"
     text = torch.cat([fg_text, bg_text], dim=0) if use_background else fg_text
     text = text.to(device=device, dtype=dtype)
     # the reference renormalises the (already unit) text features in the model dtype before the logits
     text = text / text.norm(dim=-1, keepdim=True)
 
-    # The last block's forward is the same for every class, so it runs once (the reference repeats it K times).
-    last_weights = _weights_patch_sum if gradients == "patch_sum" else _weights_per_token
-    alpha, acts, logits, attn_last = last_weights(model, tokens, text, k, score, n_blocks - 1 in wanted)
+    # Blocks 1..n-1 run once without grad (blocks whose maps the layer mean does not use take the fused
+    # attention kernel); the last block's forward, the same for every class, also runs once (the reference
+    # repeats it K times).
+    images = image[None].to(device)
+    if arithmetic == "fast":
+        n_tok = 1 + grid_hw[0] * grid_hw[1]
+        total = torch.zeros(1, n_tok, n_tok, dtype=torch.float32, device=device)
+        tokens, _ = encode_image_tokens(
+            model, images, upto_block=n_blocks - 1, attention_blocks=wanted, attention_sum=total
+        )
+        alpha, acts, logits = _weights_fast(model, tokens, text, k, score, total if n_blocks - 1 in wanted else None)
+        attention_mean = total[0, 1:, 1:] / (blocks[0].attn.num_heads * len(wanted))
+    else:
+        tokens, attentions = encode_image_tokens(model, images, upto_block=n_blocks - 1, attention_blocks=wanted)
+        alpha, acts, logits, last = _weights_reference(model, tokens, text, k, score, n_blocks - 1 in wanted)
+        maps = [a[0] if a is not None else None for a in attentions] + [last]
+        attention_mean = layer_mean_attention(maps, attn_layers)
     cams = cam_from_channel_weights(acts, alpha, grid_hw)
-    attention_mean = layer_mean_attention(
-        [a[0] if a is not None else None for a in attentions] + [attn_last], attn_layers
-    )
     return CamResult(
         cams=cams.cpu(),
         attention_mean=attention_mean.cpu(),
