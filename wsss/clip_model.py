@@ -365,8 +365,8 @@ def block_forward_with_attention(
     """
     _check_block(block)
     a = block.ln_1(x) if ln1 is None else ln1
-    # Without grad, nn.MultiheadAttention takes its native fast path here: one in-place softmax serves
-    # both the output and the map (measured within a few % of the fused kernel on CPU).
+    # Without grad (eval mode, batch-first), nn.MultiheadAttention takes its native path here, where one
+    # in-place softmax serves both the output and the map; asking for per-head maps skips its head mean.
     if block.attn.batch_first:
         out, weights = block.attn(a, a, a, need_weights=True, average_attn_weights=average_heads)
     else:
