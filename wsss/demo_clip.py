@@ -40,6 +40,7 @@ __all__ = [
     "load_pairs",
     "augment_batch",
     "encode_image_train",
+    "concept_loss",
     "dense_caption_loss",
     "concept_affinity",
     "appearance_affinity",
@@ -74,9 +75,13 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "learn_temperature": True,
     "max_logit_scale": 100.0,
     "pooling": "cls",  # image embedding of the CLIP loss: cls | mean (of ln_post patch tokens)
+    # --- caption-word loss on the CAM-time embedding proj(mean ln_post(patch tokens)) (0 disables it)
+    "concept_weight": 0.0,
+    # prompts for the concept words of the concept/dense losses, one drawn per step; they include the
+    # CLIP-ES template and the pipeline's prompt candidates so that any of them works at CAM time
+    "concept_prompts": ["a photo of a {}.", "a clean origami {}.", "a rendering of a weird {}.", "a photo of the {}."],
     # --- caption-supervised dense loss (0 disables it)
     "dense_weight": 0.0,
-    "dense_prompt": "a photo of a {}.",
     "dense_scale_init": 10.0,  # initial (learnable) logit scale of the per-patch concept softmax
     "dense_topk": 4,  # a named concept's image score is the mean of its top-k patch probabilities
     "concepts": "demo",  # "demo" = DEMO_CLASSES + DEMO_BACKGROUNDS, or an explicit list of words
@@ -100,7 +105,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "log_every": 25,
 }
 
-_SEQUENCE_KEYS = {"crop_scale", "crop_ratio", "train_sizes", "splits"}
+_SEQUENCE_KEYS = {"crop_scale", "crop_ratio", "train_sizes", "splits", "concept_prompts"}
 
 
 # ----------------------------------------------------------------------------------------- settings
@@ -143,7 +148,7 @@ def _check_settings(s: Mapping[str, Any]) -> None:
     for key in ("lr", "temperature_init", "max_logit_scale", "dense_scale_init", "attn_sigma_rgb", "attn_sigma_xy"):
         if not float(s[key]) > 0:
             raise ValueError(f"demo_clip: {key} must be positive, got {s[key]!r}")
-    for key in ("weight_decay", "dense_weight", "attn_weight"):
+    for key in ("weight_decay", "dense_weight", "attn_weight", "concept_weight"):
         if float(s[key]) < 0:
             raise ValueError(f"demo_clip: {key} must be >= 0, got {s[key]!r}")
     if s["attn_weight"] > 0 and not 1 <= s["attn_blocks"] <= s["vision_layers"]:
@@ -156,8 +161,9 @@ def _check_settings(s: Mapping[str, Any]) -> None:
         raise ValueError(f"demo_clip: pooling must be 'cls' or 'mean', got {s['pooling']!r}")
     if s["precision"] not in ("bf16", "fp32"):
         raise ValueError(f"demo_clip: precision must be 'bf16' or 'fp32', got {s['precision']!r}")
-    if "{}" not in str(s["dense_prompt"]):
-        raise ValueError(f"demo_clip: dense_prompt must contain '{{}}', got {s['dense_prompt']!r}")
+    prompts = s["concept_prompts"]
+    if not prompts or any("{}" not in str(t) for t in prompts):
+        raise ValueError(f"demo_clip: concept_prompts must be a non-empty list of templates with '{{}}', got {prompts!r}")
     if s["concepts"] != "demo" and (not isinstance(s["concepts"], (list, tuple)) or not s["concepts"]):
         raise ValueError(f"demo_clip: concepts must be 'demo' or a non-empty list of words, got {s['concepts']!r}")
     if not s["splits"] and not s["fresh_scenes"]:
@@ -350,6 +356,20 @@ def encode_image_train(
     return emb[:, 0], emb[:, 1:], attns
 
 
+def concept_loss(
+    image_emb: torch.Tensor, concept_emb: torch.Tensor, present: torch.Tensor, scale: torch.Tensor
+) -> torch.Tensor:
+    """Multi-positive softmax cross-entropy of image embeddings (B, E) over concept words (C, E).
+
+    The target spreads the probability evenly over the concepts the caption names, so the CLIP-ES
+    score (a softmax over the present classes and the background words) is what gets trained.
+    """
+    logits = scale * F.normalize(image_emb.float(), dim=-1) @ F.normalize(concept_emb.float(), dim=-1).t()
+    pres = present.to(logits.dtype)
+    target = pres / pres.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    return -(target * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
+
+
 def dense_caption_loss(
     patch_emb: torch.Tensor, concept_emb: torch.Tensor, present: torch.Tensor, scale: torch.Tensor, topk: int
 ) -> torch.Tensor:
@@ -477,7 +497,8 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
     tokens = tokenizer(captions)
     concepts = _concept_words(s)
     present = caption_concepts(captions, concepts)
-    concept_tokens = tokenizer([s["dense_prompt"].format(c) for c in concepts]).to(device)
+    # (T, C, L): every concept word in every prompt template
+    concept_tokens = torch.stack([tokenizer([t.format(c) for c in concepts]) for t in s["concept_prompts"]]).to(device)
     t_data = time.perf_counter() - t_start
     log(f"demo_clip: {n} image-caption pairs loaded in {t_data:.1f}s; settings {s}")
 
@@ -518,8 +539,9 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
             cls_emb, patch_emb, attns = encode_image_train(model, x, int(s["attn_blocks"]) if use_attn else 0)
             img = cls_emb if s["pooling"] == "cls" else patch_emb.mean(dim=1)
             txt = model.encode_text(tokens[idx].to(device))
-            if s["dense_weight"] > 0:
-                concept_emb = model.encode_text(concept_tokens)
+            if s["dense_weight"] > 0 or s["concept_weight"] > 0 or (use_attn and s["attn_target"] == "concept"):
+                which = int(torch.randint(len(concept_tokens), (1,), generator=gen))
+                concept_emb = model.encode_text(concept_tokens[which])
         img = F.normalize(img.float(), dim=-1)
         txt = F.normalize(txt.float(), dim=-1)
         logits = model.logit_scale.exp() * img @ txt.t()
@@ -531,6 +553,12 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
             dense = dense_caption_loss(patch_emb, concept_emb, present[idx].to(device), dense_log_scale.exp(),
                                        int(s["dense_topk"]))
             loss = loss + float(s["dense_weight"]) * dense
+        word = torch.zeros((), device=device)
+        if s["concept_weight"] > 0:
+            # the model's own temperature: CLIP-ES scores with exp(logit_scale) too
+            word = concept_loss(patch_emb.float().mean(dim=1), concept_emb, present[idx].to(device),
+                                model.logit_scale.exp())
+            loss = loss + float(s["concept_weight"]) * word
         attn_loss = torch.zeros((), device=device)
         if use_attn:
             if s["attn_target"] == "appearance":
@@ -548,13 +576,14 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
             dense_log_scale.clamp_(0.0, max_log_scale)
         acc = (logits.detach().argmax(dim=1) == target).float().mean().item()
         rec = {"step": step + 1, "loss": loss.item(), "clip_loss": clip_loss.item(), "dense_loss": dense.item(),
+               "concept_loss": word.item(),
                "attn_loss": attn_loss.item(),
                "acc": acc, "logit_scale": model.logit_scale.detach().exp().item(), "lr": lr}
         history.append(rec)
         if s["log_every"] and ((step + 1) % int(s["log_every"]) == 0 or step + 1 == steps):
             el = time.perf_counter() - t_loop
             log(f"demo_clip: step {step + 1}/{steps} loss {rec['loss']:.4f} (clip {rec['clip_loss']:.4f}, "
-                f"dense {rec['dense_loss']:.4f}, attn {rec['attn_loss']:.4f}) acc {acc:.3f} scale {rec['logit_scale']:.1f} "
+                f"word {rec['concept_loss']:.4f}, dense {rec['dense_loss']:.4f}, attn {rec['attn_loss']:.4f}) acc {acc:.3f} scale {rec['logit_scale']:.1f} "
                 f"{(step + 1) * bs / max(el, 1e-9):.0f} img/s")
     train_s = time.perf_counter() - t_loop
     # CPU time of this process: with other jobs on the machine, wall time alone overstates the cost
@@ -576,6 +605,7 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
         "images_per_second": round(steps * bs / train_s, 1) if steps and train_s > 0 else None,
         "final_loss": float(np.mean([r["loss"] for r in tail])) if tail else None,
         "final_clip_loss": float(np.mean([r["clip_loss"] for r in tail])) if tail else None,
+        "final_concept_loss": float(np.mean([r["concept_loss"] for r in tail])) if tail else None,
         "final_dense_loss": float(np.mean([r["dense_loss"] for r in tail])) if tail else None,
         "final_attn_loss": float(np.mean([r["attn_loss"] for r in tail])) if tail else None,
         "final_batch_accuracy": float(np.mean([r["acc"] for r in tail])) if tail else None,
