@@ -24,10 +24,10 @@ rule cams:
         mem_mb=lambda wc, attempt: res("cams", "mem_mb", 8000) * attempt,
         runtime=res("cams", "runtime", 120),
     params:
-        clip=config["clip"],
-        cam=config["cam"],
+        clip=settings(config["clip"]),
+        cam=settings(config["cam"]),
         shard_size=config["shard_size"],
-        hdf5=config["hdf5"],
+        hdf5=settings(config["hdf5"]),
         code=code_version("gradcam", "clip_model", "h5store", "stages/cams", "stages/devices"),
     script:
         "../workflow_scripts/cams.py"
@@ -47,8 +47,8 @@ rule caa:
         mem_mb=res("caa", "mem_mb", 2000),
         runtime=res("caa", "runtime", 30),
     params:
-        caa=config["caa"],
-        hdf5=config["hdf5"],
+        caa=settings(config["caa"]),
+        hdf5=settings(config["hdf5"]),
         code=code_version("affinity", "h5store", "stages/cams"),
     script:
         "../workflow_scripts/caa.py"
@@ -70,8 +70,8 @@ rule evaluate_cams:
         method=config["method"],
         splits=config["splits"]["cam_eval"],
         alphas=config["evaluation"]["bg_alphas"],
-        dataset=DATASET,
-        hdf5=config["hdf5"],
+        dataset=settings(DATASET),
+        hdf5=settings(config["hdf5"]),
         code=code_version("metrics", "tables", "stages/evaluate"),
     script:
         "../workflow_scripts/evaluate_cams.py"

@@ -18,7 +18,7 @@ rule train_demo_clip:
         mem_mb=res("train_demo_clip", "mem_mb", 8000),
         runtime=res("train_demo_clip", "runtime", 60),
     params:
-        settings=config["demo_clip"],
+        settings=settings(config["demo_clip"]),
         seed=config["seed"],
         code=code_version("demo_clip", "clip_model", "demo_world"),
     script:
@@ -40,9 +40,9 @@ rule select_prompt:
         mem_mb=res("select_prompt", "mem_mb", 8000),
         runtime=res("select_prompt", "runtime", 60),
     params:
-        clip=config["clip"],
-        dataset=DATASET,
-        text=config["text"],
+        clip=settings(config["clip"]),
+        dataset=settings(DATASET),
+        text=settings(config["text"]),
         code=code_version("prompt_selection", "text_features", "clip_model", "classes"),
     script:
         "../workflow_scripts/select_prompt.py"
@@ -63,10 +63,10 @@ rule text_features:
         mem_mb=res("text_features", "mem_mb", 4000),
         runtime=res("text_features", "runtime", 15),
     params:
-        clip=config["clip"],
-        dataset=DATASET,
-        text=config["text"],
-        hdf5=config["hdf5"],
+        clip=settings(config["clip"]),
+        dataset=settings(DATASET),
+        text=settings(config["text"]),
+        hdf5=settings(config["hdf5"]),
         code=code_version("text_features", "clip_model", "classes"),
     script:
         "../workflow_scripts/text_features.py"

@@ -75,3 +75,10 @@ def metric_tables():
     if EVAL_SPLIT:
         tables.append(f"{OUT}/tables/segmenter.csv")
     return tables
+
+
+def settings(value):
+    """A config value with mapping keys sorted: params compare as text, so YAML key order must not matter."""
+    if isinstance(value, dict):
+        return {key: settings(value[key]) for key in sorted(value)}
+    return value

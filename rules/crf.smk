@@ -18,9 +18,9 @@ rule crf:
         mem_mb=lambda wc, attempt: res("crf", "mem_mb", 4000) * attempt,
         runtime=res("crf", "runtime", 120),
     params:
-        crf={k: v for k, v in config["crf"].items() if k != "confidence_threshold"},
+        crf=settings({k: v for k, v in config["crf"].items() if k != "confidence_threshold"}),
         shard_size=config["shard_size"],
-        hdf5=config["hdf5"],
+        hdf5=settings(config["hdf5"]),
         code=code_version("crf", "h5store", "stages/crf"),
     script:
         "../workflow_scripts/crf.py"
@@ -39,7 +39,7 @@ rule export_pseudo_masks:
         "../envs/wsss.yaml"
     params:
         threshold=config["crf"]["confidence_threshold"],
-        hdf5=config["hdf5"],
+        hdf5=settings(config["hdf5"]),
         code=code_version("masks_png", "palette", "stages/crf"),
     script:
         "../workflow_scripts/export_pseudo_masks.py"
@@ -60,8 +60,8 @@ rule evaluate_pseudo_masks:
         method=config["method"],
         splits=config["splits"]["cam_eval"],
         threshold=config["crf"]["confidence_threshold"],
-        dataset=DATASET,
-        hdf5=config["hdf5"],
+        dataset=settings(DATASET),
+        hdf5=settings(config["hdf5"]),
         code=code_version("metrics", "tables", "crf", "stages/evaluate"),
     script:
         "../workflow_scripts/evaluate_pseudo_masks.py"

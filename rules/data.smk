@@ -11,7 +11,7 @@ rule generate_demo_world:
     conda:
         "../envs/wsss.yaml"
     params:
-        world=config["demo_world"],
+        world=settings(config["demo_world"]),
         code=code_version("demo_world"),
     script:
         "../workflow_scripts/generate_demo_world.py"
@@ -27,7 +27,7 @@ rule manifest:
     conda:
         "../envs/wsss.yaml"
     params:
-        dataset=DATASET,
+        dataset=settings(DATASET),
         on_unlabeled=config["labels"]["on_unlabeled"],
         expected_rows=lambda wc: support.count_images(config, DATASET, wc.split),
         code=code_version("datasets", "classes"),

@@ -19,13 +19,13 @@ rule train_segmenter:
         mem_mb=res("train_segmenter", "mem_mb", 16000),
         runtime=res("train_segmenter", "runtime", 1440),
     params:
-        segmenter=config["segmenter"],
+        segmenter=settings(config["segmenter"]),
         n_classes=len(DATASET_CLASSES) + 1,
         threshold=config["crf"]["confidence_threshold"],
         seed=config["seed"],
         # Checkpoints live beside the model but are not outputs, so a rerun after a crash resumes.
         checkpoint_dir=f"{OUT}/segmenter/checkpoints",
-        hdf5=config["hdf5"],
+        hdf5=settings(config["hdf5"]),
         code=code_version(
             "stages/segmenter", "segmenter/deeplab", "segmenter/train", "segmenter/losses"
         ),
@@ -49,10 +49,10 @@ rule predict:
         mem_mb=res("predict", "mem_mb", 8000),
         runtime=res("predict", "runtime", 120),
     params:
-        segmenter=config["segmenter"],
-        crf=config["crf"],
+        segmenter=settings(config["segmenter"]),
+        crf=settings(config["crf"]),
         shard_size=config["shard_size"],
-        hdf5=config["hdf5"],
+        hdf5=settings(config["hdf5"]),
         code=code_version("stages/segmenter", "segmenter/predict", "crf"),
     script:
         "../workflow_scripts/predict.py"
@@ -77,8 +77,8 @@ rule evaluate_segmenter:
     params:
         method=config["method"],
         split=EVAL_SPLIT,
-        dataset=DATASET,
-        hdf5=config["hdf5"],
+        dataset=settings(DATASET),
+        hdf5=settings(config["hdf5"]),
         code=code_version("metrics", "tables", "stages/evaluate"),
     script:
         "../workflow_scripts/evaluate_segmenter.py"

@@ -16,6 +16,7 @@ from wsss.demo_clip import (
     augment_batch,
     caption_concepts,
     concept_affinity,
+    concept_loss,
     dense_caption_loss,
     demo_tokenizer,
     encode_image_train,
@@ -90,6 +91,19 @@ def test_augment_batch_identity_crop_and_determinism():
     a = augment_batch(images, 8, torch.Generator().manual_seed(1), crop_scale=(0.3, 1), hflip=True)
     b = augment_batch(images, 8, torch.Generator().manual_seed(1), crop_scale=(0.3, 1), hflip=True)
     assert a.shape == (3, 3, 8, 8) and torch.equal(a, b)
+
+
+def test_concept_loss_spreads_over_the_named_words():
+    concepts = torch.eye(3)
+    present = torch.tensor([[True, True, False]])
+    scale = torch.tensor(20.0)
+    both = torch.tensor([[1.0, 1.0, 0.0]])  # equally close to both named words
+    one = torch.tensor([[1.0, 0.0, 0.0]])  # only one of them
+    other = torch.tensor([[0.0, 0.0, 1.0]])  # an unnamed word
+    lb, lo, lx = (float(concept_loss(e, concepts, present, scale)) for e in (both, one, other))
+    assert lb < lo < lx
+    # at the optimum the loss is the entropy of the target (two equally likely words) plus a small rest
+    assert abs(lb - torch.log(torch.tensor(2.0)).item()) < 0.01
 
 
 def test_dense_loss_prefers_patches_on_named_concepts():
@@ -179,7 +193,7 @@ def test_load_rejects_foreign_files(tmp_path):
 
 
 def test_training_is_deterministic_for_a_seed(world, tmp_path):
-    settings = {**TINY, "steps": 3, "dense_weight": 1.0, "attn_weight": 1.0, "attn_blocks": 1,
+    settings = {**TINY, "steps": 3, "dense_weight": 1.0, "attn_weight": 1.0, "attn_blocks": 1, "concept_weight": 1.0,
                 "crop_scale": [0.5, 1.0], "train_sizes": [24, 32]}
     m1 = train_demo_clip(world, tmp_path / "a.pt", settings, seed=5, log=lambda _: None, device="cpu")
     train_demo_clip(world, tmp_path / "b.pt", settings, seed=5, log=lambda _: None, device="cpu")
@@ -197,7 +211,7 @@ def test_training_is_deterministic_for_a_seed(world, tmp_path):
 def test_loss_decreases_on_a_small_task(world, tmp_path):
     # 8 pairs, batch 8, no augmentation: matching them is a memorisation task the loss must show
     settings = {**TINY, "steps": 20, "lr": 3e-3, "splits": ["train"], "crop_scale": [1.0, 1.0],
-                "crop_ratio": [1.0, 1.0], "hflip": False, "dense_weight": 0.5, "precision": "fp32"}
+                "crop_ratio": [1.0, 1.0], "hflip": False, "concept_weight": 0.5, "precision": "fp32"}
     metrics = train_demo_clip(world, tmp_path / "m.pt", settings, seed=0, log=lambda _: None, device="cpu")
     curve = metrics["loss_curve"]
     assert len(curve) == 20

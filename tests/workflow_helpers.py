@@ -49,5 +49,5 @@ def write_config(path: Path, base: Path = TINY, **changes: dict) -> Path:
             config.setdefault(section, {}).update(values)
         else:
             config[section] = values
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

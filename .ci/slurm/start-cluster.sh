@@ -141,8 +141,9 @@ AccountingStorageType=accounting_storage/none
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/none
 # Without accounting, squeue is the executor's only way to see finished jobs, and it lists them
-# for MinJobAge seconds; the Snakemake plugin wants at least 120.
-MinJobAge=300
+# for MinJobAge seconds; the Snakemake plugin wants at least 120. An hour keeps every job of a
+# test run visible until the test reads the records (SLURM forgets a finished job after MinJobAge).
+MinJobAge=3600
 # Jobs submitted without --mem would otherwise reserve the whole node and run one at a time.
 DefMemPerCPU=1024
 GresTypes=gpu
