@@ -6,7 +6,6 @@ import hashlib
 import json
 import os
 import platform
-import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -92,7 +91,6 @@ def write_stage(
         attrs["input_digests"] = canonical_json({str(p): file_digest(p) for p in inputs})
         attrs["environment"] = canonical_json(_environment())
         attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        attrs["command"] = " ".join(sys.argv[:1])
         yield handle
         handle.close()
         os.replace(tmp, final)
