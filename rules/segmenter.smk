@@ -19,7 +19,9 @@ rule train_segmenter:
         mem_mb=res("train_segmenter", "mem_mb", 16000),
         runtime=res("train_segmenter", "runtime", 1440),
     params:
-        segmenter=settings({k: v for k, v in config["segmenter"].items() if not k.startswith("test_")}),
+        segmenter=settings(
+            {k: v for k, v in config["segmenter"].items() if not k.startswith("test_")}
+        ),
         n_classes=len(DATASET_CLASSES) + 1,
         threshold=config["crf"]["confidence_threshold"],
         seed=config["seed"],
