@@ -20,6 +20,7 @@ from wsss.demo_clip import (
     dense_caption_loss,
     demo_tokenizer,
     encode_image_train,
+    last_block_value_embeddings,
     load_demo_clip,
     model_config,
     resolve_settings,
@@ -154,11 +155,28 @@ def test_train_encoder_matches_with_and_without_attention_maps():
     model = build_clip(model_config(resolve_settings(TINY))).eval()
     x = torch.randn(2, 3, 40, 24)
     with torch.no_grad():
-        c0, p0, a0 = encode_image_train(model, x, 0)
-        c2, p2, a2 = encode_image_train(model, x, 2)
+        c0, p0, a0, v0 = encode_image_train(model, x, 0)
+        c2, p2, a2, v2 = encode_image_train(model, x, 2, value_path=True)
+    assert v0 is None and v2.shape == p2.shape
     assert a0 == [] and len(a2) == 2 and a2[0].shape == (2, 1 + 15, 1 + 15)
     assert torch.allclose(a2[0].sum(-1), torch.ones(2, 16), atol=1e-5)
     assert p0.shape == (2, 15, 16) and torch.allclose(p0, p2, atol=1e-5) and torch.allclose(c0, c2, atol=1e-5)
+
+
+def test_value_path_is_the_last_attention_restricted_to_self():
+    # with every token attending only to itself, the last block's attention output is out_proj(v_j)
+    torch.manual_seed(0)
+    model = build_clip(model_config(resolve_settings(TINY))).eval()
+    block = model.visual.transformer.resblocks[-1]
+    tokens = torch.randn(2, 1 + 12, 32)
+    a = block.ln_1(tokens)
+    self_only = torch.full((13, 13), float("-inf")).fill_diagonal_(0.0)
+    with torch.no_grad():
+        out = block.attn(a, a, a, need_weights=False, attn_mask=self_only)[0]
+        expected = model.visual.ln_post(out[:, 1:]) @ model.visual.proj
+        got = last_block_value_embeddings(model, tokens)
+    assert got.shape == (2, 12, 16)
+    assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -211,7 +229,9 @@ def test_training_is_deterministic_for_a_seed(world, tmp_path):
 def test_loss_decreases_on_a_small_task(world, tmp_path):
     # 8 pairs, batch 8, no augmentation: matching them is a memorisation task the loss must show
     settings = {**TINY, "steps": 20, "lr": 3e-3, "splits": ["train"], "crop_scale": [1.0, 1.0],
-                "crop_ratio": [1.0, 1.0], "hflip": False, "concept_weight": 0.5, "precision": "fp32"}
+                "crop_ratio": [1.0, 1.0], "hflip": False, "concept_weight": 0.5, "precision": "fp32",
+                # the attention loss is bounded below by its target's entropy: off, so the curve is the CLIP loss's
+                "attn_weight": 0.0, "value_dense_weight": 0.0}
     metrics = train_demo_clip(world, tmp_path / "m.pt", settings, seed=0, log=lambda _: None, device="cpu")
     curve = metrics["loss_curve"]
     assert len(curve) == 20

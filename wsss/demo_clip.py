@@ -39,6 +39,7 @@ __all__ = [
     "caption_concepts",
     "load_pairs",
     "augment_batch",
+    "last_block_value_embeddings",
     "encode_image_train",
     "concept_loss",
     "dense_caption_loss",
@@ -66,7 +67,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "embed_dim": 128,
     "quick_gelu": False,
     # --- optimisation
-    "steps": 330,
+    "steps": 260,
     "batch_size": 128,
     "lr": 1.0e-3,
     "warmup": 30,  # linear warm-up steps, then cosine decay to 0
@@ -83,10 +84,14 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # --- caption-supervised dense loss (0 disables it)
     "dense_weight": 0.0,
     "dense_scale_init": 10.0,  # initial (learnable) logit scale of the per-patch concept softmax
-    "dense_topk": 4,  # a named concept's image score is the mean of its top-k patch probabilities
+    "dense_topk": 12,  # a named concept's image score is the mean of its top-k patch probabilities (about
+    #                    the patches of a median object: with 4 the loss let most of an object be background)
+    # --- the same MIL loss on the last block's value path proj(ln_post(out_proj(v_j))) (0 disables it):
+    # the part of each token that CLIP-ES's GradCAM at ln_1 of the last block reads
+    "value_dense_weight": 1.0,
     "concepts": "demo",  # "demo" = DEMO_CLASSES + DEMO_BACKGROUNDS, or an explicit list of words
     # --- attention affinity loss (0 disables it)
-    "attn_weight": 0.0,
+    "attn_weight": 1.0,
     "attn_blocks": 2,  # the last blocks whose attention is aligned (CAA uses the last half)
     "attn_target": "appearance",  # appearance (colour + position kernel) | concept (needs dense_weight > 0)
     "attn_sigma_rgb": 0.08,  # colour scale of the appearance kernel, [0, 1] RGB units
@@ -100,7 +105,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "splits": ["clip_pretrain", "train"],  # ImageSets/Segmentation/<split>.txt lists with captions
     "fresh_scenes": 0,  # extra scenes rendered with demo_world.render_scene (4-5 ms each on CPU)
     # --- runtime
-    "precision": "bf16",  # bf16 (autocast on CPU/CUDA, about 2x faster on CPU) | fp32
+    # fp32 | bf16 (autocast). On the 2-core dev VM (avx512_bf16, no AMX) fp32 trains at 105-113 img/s and
+    # bf16 at 51-60 img/s: its bf16 matmuls and CPU flash-attention backward are slower than fp32
+    "precision": "fp32",
     "threads": 2,
     "log_every": 25,
 }
@@ -148,7 +155,7 @@ def _check_settings(s: Mapping[str, Any]) -> None:
     for key in ("lr", "temperature_init", "max_logit_scale", "dense_scale_init", "attn_sigma_rgb", "attn_sigma_xy"):
         if not float(s[key]) > 0:
             raise ValueError(f"demo_clip: {key} must be positive, got {s[key]!r}")
-    for key in ("weight_decay", "dense_weight", "attn_weight", "concept_weight"):
+    for key in ("weight_decay", "dense_weight", "value_dense_weight", "attn_weight", "concept_weight"):
         if float(s[key]) < 0:
             raise ValueError(f"demo_clip: {key} must be >= 0, got {s[key]!r}")
     if s["attn_weight"] > 0 and not 1 <= s["attn_blocks"] <= s["vision_layers"]:
@@ -324,11 +331,26 @@ def augment_batch(
 
 # -------------------------------------------------------------------------------------------- model
 
+def last_block_value_embeddings(model: CLIP, tokens: torch.Tensor) -> torch.Tensor:
+    """(B, N, E) patch embeddings of the last block's value path, proj(ln_post(out_proj(v_j))), from its input tokens.
+
+    With near-uniform attention, GradCAM at ln_1 of the last block scores each token by this path
+    (the residual stream bypasses ln_1), so it is what a CLIP-ES-friendly CLIP must make local.
+    """
+    visual = model.visual
+    block = visual.transformer.resblocks[-1]
+    d = tokens.shape[-1]
+    a = block.ln_1(tokens[:, 1:])
+    v = F.linear(a, block.attn.in_proj_weight[2 * d:], block.attn.in_proj_bias[2 * d:])
+    return visual.ln_post(block.ls_1(block.attn.out_proj(v))) @ visual.proj
+
+
 def encode_image_train(
-    model: CLIP, images: torch.Tensor, attn_blocks: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
-    """CLS embedding (B, E), patch embeddings (B, N, E) = proj(ln_post(token)), and the head-averaged
-    attention maps (B, 1+N, 1+N) of the last `attn_blocks` blocks; any patch-multiple image size."""
+    model: CLIP, images: torch.Tensor, attn_blocks: int = 0, value_path: bool = False
+) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor], torch.Tensor | None]:
+    """CLS embedding (B, E), patch embeddings (B, N, E) = proj(ln_post(token)), the head-averaged
+    attention maps (B, 1+N, 1+N) of the last `attn_blocks` blocks, and (if value_path) the last
+    block's value-path patch embeddings (B, N, E); any patch-multiple image size."""
     visual = model.visual
     p = int(visual.patch_size[0])
     gh, gw = images.shape[-2] // p, images.shape[-1] // p
@@ -345,7 +367,10 @@ def encode_image_train(
     blocks = visual.transformer.resblocks
     first_with_attn = len(blocks) - int(attn_blocks)
     attns: list[torch.Tensor] = []
+    value_emb = None
     for i, block in enumerate(blocks):
+        if value_path and i == len(blocks) - 1:
+            value_emb = last_block_value_embeddings(model, x)
         if i < first_with_attn:
             x = block(x)  # fused attention kernel
         else:
@@ -353,7 +378,7 @@ def encode_image_train(
             attns.append(a)
     x = visual.ln_post(x)
     emb = x @ visual.proj
-    return emb[:, 0], emb[:, 1:], attns
+    return emb[:, 0], emb[:, 1:], attns, value_emb
 
 
 def concept_loss(
@@ -509,7 +534,7 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
     named = list(model.named_parameters())
     if not s["learn_temperature"]:
         model.logit_scale.requires_grad_(False)
-    if s["dense_weight"] > 0:
+    if s["dense_weight"] > 0 or s["value_dense_weight"] > 0:
         named.append(("dense_log_scale", dense_log_scale))
     opt = torch.optim.AdamW(_param_groups(named, float(s["weight_decay"])), lr=float(s["lr"]),
                             betas=(0.9, 0.98), eps=1e-6)
@@ -536,10 +561,13 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
             group["lr"] = lr
         with _autocast(s["precision"], device):
             use_attn = float(s["attn_weight"]) > 0
-            cls_emb, patch_emb, attns = encode_image_train(model, x, int(s["attn_blocks"]) if use_attn else 0)
+            use_value = float(s["value_dense_weight"]) > 0
+            cls_emb, patch_emb, attns, value_emb = encode_image_train(
+                model, x, int(s["attn_blocks"]) if use_attn else 0, value_path=use_value)
             img = cls_emb if s["pooling"] == "cls" else patch_emb.mean(dim=1)
             txt = model.encode_text(tokens[idx].to(device))
-            if s["dense_weight"] > 0 or s["concept_weight"] > 0 or (use_attn and s["attn_target"] == "concept"):
+            if (s["dense_weight"] > 0 or s["value_dense_weight"] > 0 or s["concept_weight"] > 0
+                    or (use_attn and s["attn_target"] == "concept")):
                 which = int(torch.randint(len(concept_tokens), (1,), generator=gen))
                 concept_emb = model.encode_text(concept_tokens[which])
         img = F.normalize(img.float(), dim=-1)
@@ -553,6 +581,11 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
             dense = dense_caption_loss(patch_emb, concept_emb, present[idx].to(device), dense_log_scale.exp(),
                                        int(s["dense_topk"]))
             loss = loss + float(s["dense_weight"]) * dense
+        value_dense = torch.zeros((), device=device)
+        if use_value:
+            value_dense = dense_caption_loss(value_emb, concept_emb, present[idx].to(device), dense_log_scale.exp(),
+                                             int(s["dense_topk"]))
+            loss = loss + float(s["value_dense_weight"]) * value_dense
         word = torch.zeros((), device=device)
         if s["concept_weight"] > 0:
             # the model's own temperature: CLIP-ES scores with exp(logit_scale) too
@@ -576,6 +609,7 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
             dense_log_scale.clamp_(0.0, max_log_scale)
         acc = (logits.detach().argmax(dim=1) == target).float().mean().item()
         rec = {"step": step + 1, "loss": loss.item(), "clip_loss": clip_loss.item(), "dense_loss": dense.item(),
+               "value_dense_loss": value_dense.item(),
                "concept_loss": word.item(),
                "attn_loss": attn_loss.item(),
                "acc": acc, "logit_scale": model.logit_scale.detach().exp().item(), "lr": lr}
@@ -583,7 +617,7 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
         if s["log_every"] and ((step + 1) % int(s["log_every"]) == 0 or step + 1 == steps):
             el = time.perf_counter() - t_loop
             log(f"demo_clip: step {step + 1}/{steps} loss {rec['loss']:.4f} (clip {rec['clip_loss']:.4f}, "
-                f"word {rec['concept_loss']:.4f}, dense {rec['dense_loss']:.4f}, attn {rec['attn_loss']:.4f}) acc {acc:.3f} scale {rec['logit_scale']:.1f} "
+                f"word {rec['concept_loss']:.4f}, dense {rec['dense_loss']:.4f}, value {rec['value_dense_loss']:.4f}, attn {rec['attn_loss']:.4f}) acc {acc:.3f} scale {rec['logit_scale']:.1f} "
                 f"{(step + 1) * bs / max(el, 1e-9):.0f} img/s")
     train_s = time.perf_counter() - t_loop
     # CPU time of this process: with other jobs on the machine, wall time alone overstates the cost

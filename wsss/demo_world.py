@@ -477,8 +477,8 @@ def _draw_object(
     stretch = rng.uniform(0.85, 1.15)
     aspect_px = aspect * stretch
     # `size_frac` sets the geometric mean of the box sides, so long cars and tall people are not
-    # thinner than the rest; the longer side is capped so that the object still fits the image
-    unit = min(size_frac * side / (2 * np.sqrt(aspect_px)), 0.9 * side / (2 * max(aspect_px, 1.0)))
+    # thinner than the rest; the longer side is capped at 1.1 image sides (the border may cut it)
+    unit = min(size_frac * side / (2 * np.sqrt(aspect_px)), 1.1 * side / (2 * max(aspect_px, 1.0)))
     flip = -1.0 if rng.random() < 0.5 else 1.0
     theta = np.deg2rad(rng.uniform(-1, 1) * _MAX_ROTATION[name])
     rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
@@ -654,8 +654,10 @@ def _try_scene(rng: np.random.Generator, height: int, width: int, max_objects: i
         names.append(names[int(rng.integers(len(names)))])
     order = [names[i] for i in rng.permutation(len(names))]
     n = len(order)
-    # crowded scenes use smaller objects
-    fracs = rng.uniform(0.18, max(0.6 - 0.07 * (n - 1), 0.3), n) if n > 1 else rng.uniform(0.25, 0.6, 1)
+    # Objects are large, as in VOC, where objects hold about 30 % of the pixels: on the demo CLIP's
+    # 12 x 12 patch grid small objects would leave a CAM a patch or two to work with. Crowded scenes
+    # use smaller objects.
+    fracs = rng.uniform(0.5, max(0.95 - 0.1 * (n - 1), 0.65), n) if n > 1 else rng.uniform(0.7, 1.05, 1)
 
     image = _BACKGROUND_PAINTERS[background](rng, height, width).astype(np.float32)
     s = SUPERSAMPLE
