@@ -2,10 +2,12 @@
 
 CLIP-ES needs a frozen CLIP whose softmax-GradCAM localises the classes and whose self-attention
 carries affinity. This module trains one on CPU in a few minutes: a small ViT (8 px patches) and text
-transformer, the CLIP loss on the CLS token, plus an optional *caption-supervised dense loss*: every
-patch embedding is classified against the text embeddings of the concepts (class and background
-words) that the image's caption names (multiple-instance learning: each patch must be one of the
-named concepts, each named concept must win somewhere). It only uses image-level text, never masks.
+transformer, the CLIP loss on the CLS token, plus two default auxiliary losses. A *caption-supervised
+MIL loss* on the last block's value path (what GradCAM at its ln_1 reads) classifies every patch
+against the text embeddings of the concepts (class and background words) that the caption names:
+each patch must be one of the named concepts, each named concept must win somewhere. An *attention
+affinity loss* pulls the last blocks' attention towards a label-free colour/position kernel, so that
+CAA has an affinity to work with. Only image-level text is used, never masks (docs/demo-clip.md).
 
 The checkpoint is a plain dict (``CHECKPOINT_FORMAT``) whose ``model_cfg`` builds the network with
 ``wsss.clip_model.build_clip``; ``load_demo_clip`` returns it frozen in eval mode.
@@ -641,6 +643,7 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
         "final_clip_loss": float(np.mean([r["clip_loss"] for r in tail])) if tail else None,
         "final_concept_loss": float(np.mean([r["concept_loss"] for r in tail])) if tail else None,
         "final_dense_loss": float(np.mean([r["dense_loss"] for r in tail])) if tail else None,
+        "final_value_dense_loss": float(np.mean([r["value_dense_loss"] for r in tail])) if tail else None,
         "final_attn_loss": float(np.mean([r["attn_loss"] for r in tail])) if tail else None,
         "final_batch_accuracy": float(np.mean([r["acc"] for r in tail])) if tail else None,
         "logit_scale": model.logit_scale.detach().exp().item(),
