@@ -18,6 +18,7 @@ from wsss.demo_clip import (
     concept_affinity,
     concept_loss,
     dense_caption_loss,
+    sigmoid_caption_loss,
     demo_tokenizer,
     encode_image_train,
     last_block_value_embeddings,
@@ -117,6 +118,44 @@ def test_dense_loss_prefers_patches_on_named_concepts():
     lg, ll, lw = (float(dense_caption_loss(p, concepts, present, scale, topk=1)) for p in (good, lazy, wrong))
     assert lg < ll and lg < lw
     assert lg < 0.01
+
+
+def test_sigmoid_loss_matches_its_formula():
+    gen = torch.Generator().manual_seed(0)
+    patch = torch.randn(2, 5, 4, generator=gen)
+    concepts = torch.randn(3, 4, generator=gen)
+    present = torch.tensor([[True, False, True], [False, True, False]])
+    scale, bias, k = torch.tensor(7.0), torch.tensor(-2.0), 2
+    got = sigmoid_caption_loss(patch, concepts, present, scale, bias, topk=k)
+    # the same loss, written out per image, patch and concept
+    absent_terms, covered_terms, positive_terms = [], [], []
+    for b in range(2):
+        prob = torch.zeros(5, 3)
+        for j in range(5):
+            for c in range(3):
+                cos = torch.dot(patch[b, j], concepts[c]) / (patch[b, j].norm() * concepts[c].norm())
+                prob[j, c] = torch.sigmoid(scale * cos + bias)
+                if not present[b, c]:
+                    absent_terms.append(-torch.log(1 - prob[j, c]))
+            none = torch.prod(torch.stack([1 - prob[j, c] for c in range(3) if present[b, c]]))
+            covered_terms.append(-torch.log(1 - none))
+        for c in range(3):
+            if present[b, c]:
+                positive_terms.append(-torch.log(prob[:, c].sort(descending=True).values[:k].mean()))
+    want = sum(torch.stack(t).mean() for t in (absent_terms, covered_terms, positive_terms))
+    assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_sigmoid_loss_pushes_absent_concepts_down_on_every_patch():
+    concepts = torch.eye(3)
+    present = torch.tensor([[True, True, False]])  # the caption names concepts 0 and 1, not 2
+    good = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]])
+    absent_on = torch.tensor([[[1.0, 0, 0], [0, 1.0, 1.0]]])  # a patch also looks like the unnamed concept
+    lazy = torch.tensor([[[1.0, 0, 0], [1.0, 0, 0]]])  # the second named concept is nowhere
+    scale, bias = torch.tensor(20.0), torch.tensor(-10.0)
+    lg, la, ll = (float(sigmoid_caption_loss(p, concepts, present, scale, bias, topk=1)) for p in (good, absent_on, lazy))
+    assert lg < 0.01
+    assert la > lg + 1 and ll > lg + 1
 
 
 def test_attention_loss_is_lowest_for_the_concept_affinity():

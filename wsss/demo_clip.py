@@ -45,6 +45,7 @@ __all__ = [
     "encode_image_train",
     "concept_loss",
     "dense_caption_loss",
+    "sigmoid_caption_loss",
     "concept_affinity",
     "appearance_affinity",
     "attention_affinity_loss",
@@ -69,7 +70,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "embed_dim": 128,
     "quick_gelu": False,
     # --- optimisation
-    "steps": 260,
+    "steps": 240,
     "batch_size": 128,
     "lr": 2.0e-3,  # 1e-3 -> 2e-3 raised the initial demo CAM from 0.255 to 0.293 (docs/demo-clip.md)
     "warmup": 30,  # linear warm-up steps, then cosine decay to 0
@@ -91,6 +92,10 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # --- the same MIL loss on the last block's value path proj(ln_post(out_proj(v_j))) (0 disables it):
     # the part of each token that CLIP-ES's GradCAM at ln_1 of the last block reads
     "value_dense_weight": 1.0,
+    # --- a sigmoid MIL loss on the same value path (0 disables it): per patch and concept word an independent
+    # logit, so absent words are pushed down on every patch; this calibrates the scores across patches,
+    # which a linear read-out such as GradCAM needs (the softmax loss only ranks words within a patch)
+    "value_sigmoid_weight": 1.0,
     "concepts": "demo",  # "demo" = DEMO_CLASSES + DEMO_BACKGROUNDS, or an explicit list of words
     # --- attention affinity loss (0 disables it)
     "attn_weight": 1.0,
@@ -157,7 +162,8 @@ def _check_settings(s: Mapping[str, Any]) -> None:
     for key in ("lr", "temperature_init", "max_logit_scale", "dense_scale_init", "attn_sigma_rgb", "attn_sigma_xy"):
         if not float(s[key]) > 0:
             raise ValueError(f"demo_clip: {key} must be positive, got {s[key]!r}")
-    for key in ("weight_decay", "dense_weight", "value_dense_weight", "attn_weight", "concept_weight"):
+    for key in ("weight_decay", "dense_weight", "value_dense_weight", "value_sigmoid_weight", "attn_weight",
+                "concept_weight"):
         if float(s[key]) < 0:
             raise ValueError(f"demo_clip: {key} must be >= 0, got {s[key]!r}")
     if s["attn_weight"] > 0 and not 1 <= s["attn_blocks"] <= s["vision_layers"]:
@@ -415,6 +421,30 @@ def dense_caption_loss(
     return inside + cover
 
 
+def sigmoid_caption_loss(
+    patch_emb: torch.Tensor, concept_emb: torch.Tensor, present: torch.Tensor, scale: torch.Tensor,
+    bias: torch.Tensor, topk: int
+) -> torch.Tensor:
+    """Sigmoid MIL loss: absent concepts negative on every patch, each named concept positive on its top-k
+    patches, and every patch covered by at least one named concept (noisy-OR).
+
+    patch_emb (B, N, E) and concept_emb (C, E) need not be normalised; present (B, C) bool.
+    """
+    p = F.normalize(patch_emb.float(), dim=-1)
+    t = F.normalize(concept_emb.float(), dim=-1)
+    logit = scale * p @ t.t() + bias  # (B, N, C)
+    pres = present.to(logit.dtype)[:, None, :]
+    absent = -(F.logsigmoid(-logit) * (1 - pres)).sum() / (1 - pres).expand_as(logit).sum().clamp_min(1.0)
+    # log P(patch covered) = log(1 - prod_c (1 - sigma_c)) over the named concepts
+    log_none = (F.logsigmoid(-logit) * pres).sum(dim=-1)  # (B, N)
+    covered = -torch.log(-torch.expm1(log_none.clamp_max(-1e-6))).mean()
+    k = max(1, min(int(topk), logit.shape[1]))
+    pooled = torch.sigmoid(logit).topk(k, dim=1).values.mean(dim=1)  # (B, C)
+    named = present.to(logit.dtype)
+    positive = -(pooled.clamp_min(1e-6).log() * named).sum() / named.sum().clamp_min(1.0)
+    return absent + covered + positive
+
+
 def concept_affinity(
     patch_emb: torch.Tensor, concept_emb: torch.Tensor, present: torch.Tensor, scale: torch.Tensor
 ) -> torch.Tensor:
@@ -538,6 +568,11 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
         model.logit_scale.requires_grad_(False)
     if s["dense_weight"] > 0 or s["value_dense_weight"] > 0:
         named.append(("dense_log_scale", dense_log_scale))
+    # SigLIP's initialisation: scale 10, bias -10 (every pair starts negative)
+    sigmoid_log_scale = torch.nn.Parameter(torch.tensor(math.log(10.0), device=device))
+    sigmoid_bias = torch.nn.Parameter(torch.tensor(-10.0, device=device))
+    if s["value_sigmoid_weight"] > 0:
+        named += [("sigmoid_log_scale", sigmoid_log_scale), ("sigmoid_bias", sigmoid_bias)]
     opt = torch.optim.AdamW(_param_groups(named, float(s["weight_decay"])), lr=float(s["lr"]),
                             betas=(0.9, 0.98), eps=1e-6)
     max_log_scale = math.log(float(s["max_logit_scale"]))
@@ -563,12 +598,12 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
             group["lr"] = lr
         with _autocast(s["precision"], device):
             use_attn = float(s["attn_weight"]) > 0
-            use_value = float(s["value_dense_weight"]) > 0
+            use_value = float(s["value_dense_weight"]) > 0 or float(s["value_sigmoid_weight"]) > 0
             cls_emb, patch_emb, attns, value_emb = encode_image_train(
                 model, x, int(s["attn_blocks"]) if use_attn else 0, value_path=use_value)
             img = cls_emb if s["pooling"] == "cls" else patch_emb.mean(dim=1)
             txt = model.encode_text(tokens[idx].to(device))
-            if (s["dense_weight"] > 0 or s["value_dense_weight"] > 0 or s["concept_weight"] > 0
+            if (s["dense_weight"] > 0 or use_value or s["concept_weight"] > 0
                     or (use_attn and s["attn_target"] == "concept")):
                 which = int(torch.randint(len(concept_tokens), (1,), generator=gen))
                 concept_emb = model.encode_text(concept_tokens[which])
@@ -584,10 +619,15 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
                                        int(s["dense_topk"]))
             loss = loss + float(s["dense_weight"]) * dense
         value_dense = torch.zeros((), device=device)
-        if use_value:
+        if s["value_dense_weight"] > 0:
             value_dense = dense_caption_loss(value_emb, concept_emb, present[idx].to(device), dense_log_scale.exp(),
                                              int(s["dense_topk"]))
             loss = loss + float(s["value_dense_weight"]) * value_dense
+        value_sigmoid = torch.zeros((), device=device)
+        if s["value_sigmoid_weight"] > 0:
+            value_sigmoid = sigmoid_caption_loss(value_emb, concept_emb, present[idx].to(device),
+                                                 sigmoid_log_scale.exp(), sigmoid_bias, int(s["dense_topk"]))
+            loss = loss + float(s["value_sigmoid_weight"]) * value_sigmoid
         word = torch.zeros((), device=device)
         if s["concept_weight"] > 0:
             # the model's own temperature: CLIP-ES scores with exp(logit_scale) too
@@ -609,9 +649,10 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
         with torch.no_grad():
             model.logit_scale.clamp_(0.0, max_log_scale)
             dense_log_scale.clamp_(0.0, max_log_scale)
+            sigmoid_log_scale.clamp_(0.0, max_log_scale)
         acc = (logits.detach().argmax(dim=1) == target).float().mean().item()
         rec = {"step": step + 1, "loss": loss.item(), "clip_loss": clip_loss.item(), "dense_loss": dense.item(),
-               "value_dense_loss": value_dense.item(),
+               "value_dense_loss": value_dense.item(), "value_sigmoid_loss": value_sigmoid.item(),
                "concept_loss": word.item(),
                "attn_loss": attn_loss.item(),
                "acc": acc, "logit_scale": model.logit_scale.detach().exp().item(), "lr": lr}
@@ -619,7 +660,7 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
         if s["log_every"] and ((step + 1) % int(s["log_every"]) == 0 or step + 1 == steps):
             el = time.perf_counter() - t_loop
             log(f"demo_clip: step {step + 1}/{steps} loss {rec['loss']:.4f} (clip {rec['clip_loss']:.4f}, "
-                f"word {rec['concept_loss']:.4f}, dense {rec['dense_loss']:.4f}, value {rec['value_dense_loss']:.4f}, attn {rec['attn_loss']:.4f}) acc {acc:.3f} scale {rec['logit_scale']:.1f} "
+                f"word {rec['concept_loss']:.4f}, dense {rec['dense_loss']:.4f}, value {rec['value_dense_loss']:.4f}, sigmoid {rec['value_sigmoid_loss']:.4f}, attn {rec['attn_loss']:.4f}) acc {acc:.3f} scale {rec['logit_scale']:.1f} "
                 f"{(step + 1) * bs / max(el, 1e-9):.0f} img/s")
     train_s = time.perf_counter() - t_loop
     # CPU time of this process: with other jobs on the machine, wall time alone overstates the cost
@@ -644,6 +685,9 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
         "final_concept_loss": float(np.mean([r["concept_loss"] for r in tail])) if tail else None,
         "final_dense_loss": float(np.mean([r["dense_loss"] for r in tail])) if tail else None,
         "final_value_dense_loss": float(np.mean([r["value_dense_loss"] for r in tail])) if tail else None,
+        "final_value_sigmoid_loss": float(np.mean([r["value_sigmoid_loss"] for r in tail])) if tail else None,
+        "sigmoid_scale_bias": [sigmoid_log_scale.detach().exp().item(), sigmoid_bias.detach().item()],
+        "dense_scale": dense_log_scale.detach().exp().item(),
         "final_attn_loss": float(np.mean([r["attn_loss"] for r in tail])) if tail else None,
         "final_batch_accuracy": float(np.mean([r["acc"] for r in tail])) if tail else None,
         "logit_scale": model.logit_scale.detach().exp().item(),
