@@ -2,12 +2,14 @@
 
 CLIP-ES needs a frozen CLIP whose softmax-GradCAM localises the classes and whose self-attention
 carries affinity. This module trains one on CPU in a few minutes: a small ViT (8 px patches) and text
-transformer, the CLIP loss on the CLS token, plus two default auxiliary losses. A *caption-supervised
-MIL loss* on the last block's value path (what GradCAM at its ln_1 reads) classifies every patch
-against the text embeddings of the concepts (class and background words) that the caption names:
-each patch must be one of the named concepts, each named concept must win somewhere. An *attention
-affinity loss* pulls the last blocks' attention towards a label-free colour/position kernel, so that
-CAA has an affinity to work with. Only image-level text is used, never masks (docs/demo-clip.md).
+transformer, the CLIP loss on the CLS token, plus three default auxiliary losses. Two *caption-supervised
+MIL losses* on the last block's value path (what GradCAM at its ln_1 reads) score every patch against
+the text embeddings of the concepts (class and background words): a softmax over the words the caption
+names (each patch must be one of them, each must win somewhere) and an independent sigmoid per word
+(words the caption does not name are negative on every patch), which calibrates the scores across
+patches as GradCAM's linear read-out needs. An *attention affinity loss* pulls the last blocks'
+attention towards a label-free colour/position kernel, so that CAA has an affinity to work with. Only
+image-level text is used, never masks (docs/demo-clip.md).
 
 The checkpoint is a plain dict (``CHECKPOINT_FORMAT``) whose ``model_cfg`` builds the network with
 ``wsss.clip_model.build_clip``; ``load_demo_clip`` returns it frozen in eval mode.
@@ -87,8 +89,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # --- caption-supervised dense loss (0 disables it)
     "dense_weight": 0.0,
     "dense_scale_init": 10.0,  # initial (learnable) logit scale of the per-patch concept softmax
-    "dense_topk": 12,  # a named concept's image score is the mean of its top-k patch probabilities (about
-    #                    the patches of a median object: with 4 the loss let most of an object be background)
+    "dense_topk": 24,  # a named concept's image score is the mean of its top-k patch probabilities (about
+    #                    the patches of a median object: with 4 the loss let most of an object be background;
+    #                    24 beat 12 by +0.026 initial-CAM mIoU with the sigmoid loss, docs/demo-clip.md)
     # --- the same MIL loss on the last block's value path proj(ln_post(out_proj(v_j))) (0 disables it):
     # the part of each token that CLIP-ES's GradCAM at ln_1 of the last block reads
     "value_dense_weight": 1.0,
