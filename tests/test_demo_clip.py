@@ -18,7 +18,6 @@ from wsss.demo_clip import (
     concept_affinity,
     concept_loss,
     dense_caption_loss,
-    sigmoid_caption_loss,
     demo_tokenizer,
     encode_image_train,
     last_block_value_embeddings,
@@ -26,6 +25,7 @@ from wsss.demo_clip import (
     model_config,
     resolve_settings,
     save_demo_clip,
+    sigmoid_caption_loss,
     train_demo_clip,
 )
 from wsss.demo_world import generate_demo_world
