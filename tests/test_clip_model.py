@@ -85,6 +85,17 @@ def test_resize_non_multiple_and_keeps_mode():
         resize_to_patch_multiple(img, 0)
 
 
+def test_input_scale_resizes_once_to_the_scaled_patch_multiple():
+    img = rand_image(101, 90, seed=5)  # (width, height)
+    out = resize_to_patch_multiple(img, 8, scale=2.0)
+    assert out.size == (208, 184)  # ceil(2 * 101 / 8) * 8, ceil(2 * 90 / 8) * 8
+    assert np.array_equal(np.asarray(out), np.asarray(img.resize((208, 184), Image.Resampling.BICUBIC)))
+    assert torch.equal(preprocess_image(img, 8, MEAN, STD, scale=2.0), image_to_tensor(out, MEAN, STD))
+    assert resize_to_patch_multiple(img, 8, scale=1.0).size == resize_to_patch_multiple(img, 8).size == (104, 96)
+    with pytest.raises(ValueError, match="scale"):
+        resize_to_patch_multiple(img, 8, scale=0)
+
+
 def test_resize_happens_in_own_mode_before_rgb_conversion():
     img = rand_image(50, 30, mode="L", seed=3)
     t = preprocess_image(img, 16, MEAN, STD)

@@ -23,6 +23,7 @@ from wsss.demo_clip import (
     last_block_value_embeddings,
     load_demo_clip,
     model_config,
+    pair_mosaic,
     resolve_settings,
     save_demo_clip,
     sigmoid_caption_loss,
@@ -144,6 +145,39 @@ def test_sigmoid_loss_matches_its_formula():
                 positive_terms.append(-torch.log(prob[:, c].sort(descending=True).values[:k].mean()))
     want = sum(torch.stack(t).mean() for t in (absent_terms, covered_terms, positive_terms))
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_pair_mosaic_pastes_pairs_and_labels_each_patch_by_its_source():
+    images = torch.arange(4.0)[:, None, None, None].expand(4, 3, 16, 24).clone()  # image i is filled with i
+    present = torch.tensor([[True, False, False], [False, True, False], [False, False, True], [True, True, False]])
+    mosaic, words = pair_mosaic(images, present, patch=8)
+    assert mosaic.shape == (2, 3, 16, 48) and words.shape == (2, 2 * 6, 3)
+    assert (mosaic[0, :, :, :24] == 0).all() and (mosaic[0, :, :, 24:] == 1).all()
+    assert (mosaic[1, :, :, :24] == 2).all() and (mosaic[1, :, :, 24:] == 3).all()
+    grid = words.reshape(2, 2, 6, 3)  # patch rows x columns, row-major like the patch tokens
+    assert (grid[0, :, :3] == present[0]).all() and (grid[0, :, 3:] == present[1]).all()
+    assert (grid[1, :, :3] == present[2]).all() and (grid[1, :, 3:] == present[3]).all()
+
+
+@pytest.mark.parametrize("loss", ["dense", "sigmoid"])
+def test_value_losses_read_per_patch_named_words(loss):
+    gen = torch.Generator().manual_seed(2)
+    patch, concepts = torch.randn(2, 4, 5, generator=gen), torch.randn(3, 5, generator=gen)
+    present = torch.tensor([[True, False, True], [False, True, True]])
+
+    def run(p, words):
+        if loss == "dense":
+            return dense_caption_loss(p, concepts, words, torch.tensor(5.0), topk=2)
+        return sigmoid_caption_loss(p, concepts, words, torch.tensor(5.0), torch.tensor(-1.0), topk=2)
+
+    # the same words on every patch is the per-image loss
+    assert torch.allclose(run(patch, present), run(patch, present[:, None, :].expand(-1, 4, -1)))
+    # a patch that looks like concept 1 costs more where its own words do not include concept 1
+    on_1 = concepts[1].expand(2, 4, 5).clone()
+    words = torch.tensor([[True, True, False]]).expand(2, 4, 3).clone()
+    words_elsewhere = words.clone()
+    words_elsewhere[:, :2, 1] = False  # the first two patches come from an image without concept 1
+    assert run(on_1, words_elsewhere) > run(on_1, words) + 0.1
 
 
 def test_sigmoid_loss_pushes_absent_concepts_down_on_every_patch():

@@ -1,6 +1,7 @@
 """One real run of the whole DAG on a tiny demo world, then what a second run and edited parameters schedule."""
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
@@ -32,6 +33,8 @@ def test_every_stage_writes_its_documented_layout(tiny_run):
         assert 0.0 <= stored["cam"].min() and stored["cam"].max() <= 1.0
         assert {"cam_logit", "cam_softmax_nobg"} <= set(stored)  # cam.ablations: true in the tiny config
         grid = stored["cam"].shape[1:]
+        # cam.input_scale: 2 in the tiny config; the demo CLIP's patch is 8 px
+        assert grid == (math.ceil(2 * stored["height"] / 8), math.ceil(2 * stored["width"] / 8))
     with open_stage(tiny_run / RUN / "caa/train/00000.h5") as handle:
         refined = get_image(handle, ids[0])
         assert refined["cam"].shape == (k, *grid)

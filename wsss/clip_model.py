@@ -294,12 +294,17 @@ def image_stats(model: CLIP | None = None) -> tuple[tuple[float, ...], tuple[flo
     return tuple(OPENAI_DATASET_MEAN), tuple(OPENAI_DATASET_STD)
 
 
-def resize_to_patch_multiple(image: Image.Image, patch: int) -> Image.Image:
-    """PIL bicubic resize to (ceil(H/p)*p, ceil(W/p)*p) in the image's own mode (before RGB conversion)."""
+def resize_to_patch_multiple(image: Image.Image, patch: int, scale: float = 1.0) -> Image.Image:
+    """PIL bicubic resize to (ceil(s*H/p)*p, ceil(s*W/p)*p) in the image's own mode (before RGB conversion).
+
+    scale 1 is CLIP-ES's native-size input; other scales resize in the same single bicubic step.
+    """
     if patch <= 0:
         raise ValueError(f"patch must be positive, got {patch}")
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
     w, h = image.size
-    new_h, new_w = int(math.ceil(h / patch) * patch), int(math.ceil(w / patch) * patch)
+    new_h, new_w = int(math.ceil(h * scale / patch) * patch), int(math.ceil(w * scale / patch) * patch)
     # always resize, even to the same size, as the reference's torchvision Resize does
     return image.resize((new_w, new_h), resample=Image.Resampling.BICUBIC)
 
@@ -326,9 +331,10 @@ def preprocess_image(
     patch: int,
     mean: Sequence[float] = OPENAI_DATASET_MEAN,
     std: Sequence[float] = OPENAI_DATASET_STD,
+    scale: float = 1.0,
 ) -> torch.Tensor:
-    """CLIP-ES preprocessing: bicubic resize to a patch multiple, then RGB, then normalise."""
-    return image_to_tensor(resize_to_patch_multiple(image, patch), mean, std)
+    """CLIP-ES preprocessing: bicubic resize (by scale) to a patch multiple, then RGB, then normalise."""
+    return image_to_tensor(resize_to_patch_multiple(image, patch, scale), mean, std)
 
 
 def interpolate_pos_embed(pos: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:

@@ -89,9 +89,9 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # --- caption-supervised dense loss (0 disables it)
     "dense_weight": 0.0,
     "dense_scale_init": 10.0,  # initial (learnable) logit scale of the per-patch concept softmax
-    "dense_topk": 24,  # a named concept's image score is the mean of its top-k patch probabilities (about
-    #                    the patches of a median object: with 4 the loss let most of an object be background;
-    #                    24 beat 12 by +0.026 initial-CAM mIoU with the sigmoid loss, docs/demo-clip.md)
+    "dense_topk": 36,  # a named concept's image score is the mean of its top-k patch probabilities: with 4
+    #                    the loss let most of an object be background; with the sigmoid loss 24 beat 12 by
+    #                    +0.026 initial-CAM mIoU and 36 beat 24 by +0.012 (docs/demo-clip.md)
     # --- the same MIL loss on the last block's value path proj(ln_post(out_proj(v_j))) (0 disables it):
     # the part of each token that CLIP-ES's GradCAM at ln_1 of the last block reads
     "value_dense_weight": 1.0,
@@ -99,6 +99,11 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     # logit, so absent words are pushed down on every patch; this calibrates the scores across patches,
     # which a linear read-out such as GradCAM needs (the softmax loss only ranks words within a patch)
     "value_sigmoid_weight": 1.0,
+    # share of each batch pasted side by side in pairs (H x 2W inputs) for the two value-path losses: each
+    # patch's named words come from its own image's caption, so a patch must not take the class of the other
+    # image's objects. 0.5: +0.012 initial CAM at cam.input_scale 2, and 15 % faster steps, since the CLIP
+    # and attention losses then see half the batch (0 disables it)
+    "mosaic_fraction": 0.5,
     "concepts": "demo",  # "demo" = DEMO_CLASSES + DEMO_BACKGROUNDS, or an explicit list of words
     # --- attention affinity loss (0 disables it)
     "attn_weight": 1.0,
@@ -107,7 +112,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "attn_sigma_rgb": 0.08,  # colour scale of the appearance kernel, [0, 1] RGB units
     "attn_sigma_xy": 3.0,  # position scale of the appearance kernel, in patches
     # --- augmentation (random resized crop of the whole image, horizontal flip)
-    "crop_scale": [0.7, 1.0],  # range of the crop's area fraction
+    "crop_scale": [0.35, 1.0],  # range of the crop's area fraction; crops down to 0.35 enlarge objects up to
+    #                             1.7x, towards the CAM stage's 2x input_scale in the demo config
     "crop_ratio": [0.8, 1.25],  # range of the crop's aspect ratio
     "hflip": True,
     "train_sizes": [96],  # per-step input size drawn from this list (multiples of patch_size)
@@ -175,6 +181,8 @@ def _check_settings(s: Mapping[str, Any]) -> None:
         raise ValueError(f"demo_clip: attn_target must be 'appearance' or 'concept', got {s['attn_target']!r}")
     if s["attn_weight"] > 0 and s["attn_target"] == "concept" and not s["dense_weight"] > 0:
         raise ValueError("demo_clip: attn_target 'concept' needs dense_weight > 0 (the affinity target comes from it)")
+    if not 0 <= float(s["mosaic_fraction"]) < 1:
+        raise ValueError(f"demo_clip: mosaic_fraction must be in [0, 1), got {s['mosaic_fraction']!r}")
     if s["pooling"] not in ("cls", "mean"):
         raise ValueError(f"demo_clip: pooling must be 'cls' or 'mean', got {s['pooling']!r}")
     if s["precision"] not in ("bf16", "fp32"):
@@ -406,20 +414,35 @@ def concept_loss(
     return -(target * logits.log_softmax(dim=-1)).sum(dim=-1).mean()
 
 
+def _per_patch(present: torch.Tensor) -> torch.Tensor:
+    """present (B, C) per image or (B, N, C) per patch, as (B, 1 or N, C)."""
+    return present[:, None, :] if present.dim() == 2 else present
+
+
+def pair_mosaic(images: torch.Tensor, present: torch.Tensor, patch: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Images (2M, 3, H, W) pasted side by side in pairs (M, 3, H, 2W), and each patch's named concepts
+    (M, N, C), row-major like the patch tokens, from the caption of the image it comes from (present (2M, C))."""
+    gh, gw = images.shape[-2] // patch, images.shape[-1] // patch
+    from_right = (torch.arange(2 * gw, device=present.device) >= gw)[None, :, None]  # (1, 2gw, 1)
+    per_column = torch.where(from_right, present[1::2, None, :], present[0::2, None, :])  # (M, 2gw, C)
+    per_patch = per_column[:, None].expand(-1, gh, -1, -1).reshape(per_column.shape[0], gh * 2 * gw, -1)
+    return torch.cat([images[0::2], images[1::2]], dim=-1), per_patch
+
+
 def dense_caption_loss(
     patch_emb: torch.Tensor, concept_emb: torch.Tensor, present: torch.Tensor, scale: torch.Tensor, topk: int
 ) -> torch.Tensor:
     """MIL loss: each patch's concept softmax must fall on the caption's concepts, each named concept must win somewhere.
 
-    patch_emb (B, N, E) and concept_emb (C, E) need not be normalised; present (B, C) bool.
+    patch_emb (B, N, E) and concept_emb (C, E) need not be normalised; present (B, C) bool, or (B, N, C) per patch.
     """
     p = F.normalize(patch_emb.float(), dim=-1)
     t = F.normalize(concept_emb.float(), dim=-1)
     prob = (scale * p @ t.t()).softmax(dim=-1)  # (B, N, C)
-    pres = present.to(prob.dtype)
-    inside = -(prob * pres[:, None, :]).sum(dim=-1).clamp_min(1e-6).log().mean()
+    inside = -(prob * _per_patch(present).to(prob.dtype)).sum(dim=-1).clamp_min(1e-6).log().mean()
     k = max(1, min(int(topk), prob.shape[1]))
     pooled = prob.topk(k, dim=1).values.mean(dim=1)  # (B, C)
+    pres = _per_patch(present).any(dim=1).to(prob.dtype)
     cover = -(pooled.clamp_min(1e-6).log() * pres).sum() / pres.sum().clamp_min(1.0)
     return inside + cover
 
@@ -431,19 +454,19 @@ def sigmoid_caption_loss(
     """Sigmoid MIL loss: absent concepts negative on every patch, each named concept positive on its top-k
     patches, and every patch covered by at least one named concept (noisy-OR).
 
-    patch_emb (B, N, E) and concept_emb (C, E) need not be normalised; present (B, C) bool.
+    patch_emb (B, N, E) and concept_emb (C, E) need not be normalised; present (B, C) bool, or (B, N, C) per patch.
     """
     p = F.normalize(patch_emb.float(), dim=-1)
     t = F.normalize(concept_emb.float(), dim=-1)
     logit = scale * p @ t.t() + bias  # (B, N, C)
-    pres = present.to(logit.dtype)[:, None, :]
+    pres = _per_patch(present).to(logit.dtype)
     absent = -(F.logsigmoid(-logit) * (1 - pres)).sum() / (1 - pres).expand_as(logit).sum().clamp_min(1.0)
     # log P(patch covered) = log(1 - prod_c (1 - sigma_c)) over the named concepts
     log_none = (F.logsigmoid(-logit) * pres).sum(dim=-1)  # (B, N)
     covered = -torch.log(-torch.expm1(log_none.clamp_max(-1e-6))).mean()
     k = max(1, min(int(topk), logit.shape[1]))
     pooled = torch.sigmoid(logit).topk(k, dim=1).values.mean(dim=1)  # (B, C)
-    named = present.to(logit.dtype)
+    named = _per_patch(present).any(dim=1).to(logit.dtype)
     positive = -(pooled.clamp_min(1e-6).log() * named).sum() / named.sum().clamp_min(1.0)
     return absent + covered + positive
 
@@ -581,6 +604,8 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
     max_log_scale = math.log(float(s["max_logit_scale"]))
 
     bs = min(int(s["batch_size"]), n)
+    n_pairs = int(round(float(s["mosaic_fraction"]) * bs / 2))
+    n_plain = bs - 2 * n_pairs  # the CLIP and attention losses see these; the value-path losses see all
     steps = int(s["steps"])
     order = torch.randperm(n, generator=gen)
     cursor = 0
@@ -599,11 +624,18 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
         lr = _lr_at(step, steps, int(s["warmup"]), float(s["lr"]))
         for group in opt.param_groups:
             group["lr"] = lr
+        named_words = present[idx].to(device)
+        use_attn = float(s["attn_weight"]) > 0
+        use_value = float(s["value_dense_weight"]) > 0 or float(s["value_sigmoid_weight"]) > 0
+        mosaic_value_emb = None
+        if n_pairs:
+            mosaic, mosaic_words = pair_mosaic(x[n_plain:], named_words[n_plain:], int(s["patch_size"]))
+            x, idx, named_words = x[:n_plain], idx[:n_plain], named_words[:n_plain]
         with _autocast(s["precision"], device):
-            use_attn = float(s["attn_weight"]) > 0
-            use_value = float(s["value_dense_weight"]) > 0 or float(s["value_sigmoid_weight"]) > 0
             cls_emb, patch_emb, attns, value_emb = encode_image_train(
                 model, x, int(s["attn_blocks"]) if use_attn else 0, value_path=use_value)
+            if n_pairs and use_value:
+                mosaic_value_emb = encode_image_train(model, mosaic, 0, value_path=True)[3]
             img = cls_emb if s["pooling"] == "cls" else patch_emb.mean(dim=1)
             txt = model.encode_text(tokens[idx].to(device))
             if (s["dense_weight"] > 0 or use_value or s["concept_weight"] > 0
@@ -618,23 +650,30 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
         loss = clip_loss
         dense = torch.zeros((), device=device)
         if s["dense_weight"] > 0:
-            dense = dense_caption_loss(patch_emb, concept_emb, present[idx].to(device), dense_log_scale.exp(),
+            dense = dense_caption_loss(patch_emb, concept_emb, named_words, dense_log_scale.exp(),
                                        int(s["dense_topk"]))
             loss = loss + float(s["dense_weight"]) * dense
+        def over_plain_and_mosaic(value_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+            """A value-path loss averaged over the plain images and the mosaics, each counted once."""
+            out = value_loss(value_emb, named_words)
+            if mosaic_value_emb is None:
+                return out
+            return (n_plain * out + n_pairs * value_loss(mosaic_value_emb, mosaic_words)) / (n_plain + n_pairs)
+
         value_dense = torch.zeros((), device=device)
         if s["value_dense_weight"] > 0:
-            value_dense = dense_caption_loss(value_emb, concept_emb, present[idx].to(device), dense_log_scale.exp(),
-                                             int(s["dense_topk"]))
+            value_dense = over_plain_and_mosaic(lambda emb, words: dense_caption_loss(
+                emb, concept_emb, words, dense_log_scale.exp(), int(s["dense_topk"])))
             loss = loss + float(s["value_dense_weight"]) * value_dense
         value_sigmoid = torch.zeros((), device=device)
         if s["value_sigmoid_weight"] > 0:
-            value_sigmoid = sigmoid_caption_loss(value_emb, concept_emb, present[idx].to(device),
-                                                 sigmoid_log_scale.exp(), sigmoid_bias, int(s["dense_topk"]))
+            value_sigmoid = over_plain_and_mosaic(lambda emb, words: sigmoid_caption_loss(
+                emb, concept_emb, words, sigmoid_log_scale.exp(), sigmoid_bias, int(s["dense_topk"])))
             loss = loss + float(s["value_sigmoid_weight"]) * value_sigmoid
         word = torch.zeros((), device=device)
         if s["concept_weight"] > 0:
             # the model's own temperature: CLIP-ES scores with exp(logit_scale) too
-            word = concept_loss(patch_emb.float().mean(dim=1), concept_emb, present[idx].to(device),
+            word = concept_loss(patch_emb.float().mean(dim=1), concept_emb, named_words,
                                 model.logit_scale.exp())
             loss = loss + float(s["concept_weight"]) * word
         attn_loss = torch.zeros((), device=device)
@@ -643,7 +682,7 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
                 target_aff = appearance_affinity(x, int(s["patch_size"]), float(s["attn_sigma_rgb"]),
                                                  float(s["attn_sigma_xy"]))
             else:
-                target_aff = concept_affinity(patch_emb, concept_emb, present[idx].to(device), dense_log_scale.exp())
+                target_aff = concept_affinity(patch_emb, concept_emb, named_words, dense_log_scale.exp())
             attn_loss = attention_affinity_loss(attns, target_aff)
             loss = loss + float(s["attn_weight"]) * attn_loss
         opt.zero_grad(set_to_none=True)

@@ -144,11 +144,12 @@ def run_cams(
     inputs = [manifest_path, text_path, *checkpoint]
     params = {"clip": dict(clip), "cam": dict(cam)}
     patch = patch_size(model)
+    input_scale = float(cam.get("input_scale", 1.0))
     with write_stage(cams_path, "cams", params, inputs=inputs, locking=locking) as cams_out, \
             write_stage(affinity_path, "affinity", params, inputs=inputs, locking=locking) as affinity_out:
         for row in table.itertuples(index=False):
             with Image.open(row.image_path) as image:
-                tensor = preprocess_image(image, patch, mean, std)
+                tensor = preprocess_image(image, patch, mean, std, scale=input_scale)
             keys = np.asarray(row.labels, dtype=np.int64)
             fg = foreground[torch.from_numpy(keys).to(device)]
             result = softmax_gradcam(model, tensor, fg, background, **options)
