@@ -101,8 +101,8 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "value_sigmoid_weight": 1.0,
     # share of each batch pasted side by side in pairs (H x 2W inputs) for the two value-path losses: each
     # patch's named words come from its own image's caption, so a patch must not take the class of the other
-    # image's objects. 0.5: +0.012 initial CAM at cam.input_scale 2, and 15 % faster steps, since the CLIP
-    # and attention losses then see half the batch (0 disables it)
+    # image's objects. 0.5 gave +0.012 and -0.007 initial CAM in two comparisons, and about 15 % faster steps,
+    # since the CLIP and attention losses then see half the batch (0 disables it)
     "mosaic_fraction": 0.5,
     "concepts": "demo",  # "demo" = DEMO_CLASSES + DEMO_BACKGROUNDS, or an explicit list of words
     # --- attention affinity loss (0 disables it)
