@@ -59,6 +59,8 @@ def test_unknown_setting_is_rejected_by_name():
         resolve_settings({"precision": "fp16"})
     with pytest.raises(ValueError, match="'concept' needs dense_weight"):
         resolve_settings({"attn_weight": 1.0, "attn_target": "concept", "dense_weight": 0.0})
+    with pytest.raises(ValueError, match="mosaic_fraction"):
+        resolve_settings({"mosaic_fraction": 1.0})  # nothing would be left for the CLIP loss
 
 
 def test_settings_override_key_by_key():
