@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -22,21 +21,19 @@ import torch
 import yaml
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from wsss.affinity import refine_cams, sinkhorn_affinity  # noqa: E402
-from wsss.clip_model import image_stats, patch_size, preprocess_image  # noqa: E402
-from wsss.demo_clip import load_demo_clip  # noqa: E402
-from wsss.gradcam import softmax_gradcam  # noqa: E402
-from wsss.h5store import open_stage  # noqa: E402
-from wsss.metrics import confusion_matrix, scores  # noqa: E402
-from wsss.stages.evaluate import cam_labels, read_gt  # noqa: E402
+from wsss.affinity import refine_cams, sinkhorn_affinity
+from wsss.clip_model import image_stats, patch_size, preprocess_image
+from wsss.demo_clip import load_demo_clip
+from wsss.gradcam import softmax_gradcam
+from wsss.h5store import open_stage
+from wsss.metrics import confusion_matrix, scores
+from wsss.stages.evaluate import cam_labels, read_gt
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=Path("results/demo"), help="a finished demo run")
-    ap.add_argument("--config", type=Path, default=Path("config.yaml"), help="for the cam section")
+    ap.add_argument("--config", type=Path, default=Path("config.yaml"), help="for the cam section and caa.sinkhorn_rounds")
     ap.add_argument("--split", default="clip_pretrain")
     ap.add_argument("--first", type=int, default=0)
     ap.add_argument("--count", type=int, default=300)
@@ -46,7 +43,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(2)
 
-    cam = yaml.safe_load(args.config.read_text())["cam"]
+    config = yaml.safe_load(args.config.read_text())
+    cam, rounds = config["cam"], int(config["caa"]["sinkhorn_rounds"])
     world = args.results / "demo_world"
     model = load_demo_clip(args.results / "clip" / "demo_clip.pt", "cpu")
     mean, std = image_stats(model)
@@ -70,7 +68,7 @@ def main() -> None:
             x = preprocess_image(image, patch, mean, std, scale=float(cam.get("input_scale", 1.0)))
         result = softmax_gradcam(model, x, foreground[torch.from_numpy(keys)], background,
                                  attn_layers=tuple(cam.get("attn_layers", (-8, None))))
-        affinity = sinkhorn_affinity(result.attention_mean, rounds=3)
+        affinity = sinkhorn_affinity(result.attention_mean, rounds=rounds)
         maps = {"initial": result.cams}
         for power, threshold in settings:
             maps[(power, threshold)] = refine_cams(result.cams, affinity, power=power, threshold=threshold)
