@@ -7,12 +7,13 @@ CORES ?= 2
 
 .PHONY: demo test lint dry-run clean-demo
 
-$(STAMP): requirements.lock pyproject.toml
+$(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (snakemake 9)")'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip uv
-	# uv downloads in parallel; the lock pins every package (torch/torchvision from the registry, CUDA build).
-	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements.lock
+	# uv downloads in parallel; the locks pin every package: runtime (torch/torchvision from the registry,
+	# CUDA build) in requirements.lock, test/lint tools in requirements-dev.lock.
+	$(BIN)/uv pip install --python $(BIN)/python --quiet -r requirements.lock -r requirements-dev.lock
 	$(BIN)/uv pip install --python $(BIN)/python --quiet --no-deps -e .
 	touch $(STAMP)
 

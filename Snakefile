@@ -1,11 +1,12 @@
-# wsss: weakly supervised semantic segmentation with CLIP (CLIP-ES), as a cached Snakemake DAG.
+# wsss: weakly supervised semantic segmentation with CLIP as a cached Snakemake DAG. Method instances
+# (config `methods:`) write CAM shards; a shared tail turns them into pseudo masks, a segmenter and scores.
 # The default config is the offline demo world; real-data presets live in configs/.
 from snakemake.utils import min_version
 
 min_version("9.0")
 
 
-configfile: "config.yaml"
+configfile: f"{workflow.current_basedir}/config.yaml"
 
 
 include: "rules/common.smk"
@@ -14,13 +15,16 @@ include: "rules/common.smk"
 wildcard_constraints:
     shard=SHARD_PATTERN,
     split=r"[A-Za-z0-9_]+",
+    method=one_of(METHODS),
+    text_key=r"[0-9a-f]{12}",
 
 
 include: "rules/data.smk"
 include: "rules/clip.smk"
-include: "rules/cams.smk"
-include: "rules/crf.smk"
+include: "rules/methods/clip_es.smk"
+include: "rules/pseudo_masks.smk"
 include: "rules/segmenter.smk"
+include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
 

@@ -8,12 +8,12 @@ processes hits both alike, and the per-pair ratios are reported:
   (a) bare forward: ``model.encode_image`` under ``torch.no_grad`` on the image's preprocessed tensor,
       with the position embeddings interpolated to the image grid (swapped into the model for the call;
       open_clip's own path then runs its fused attention, no attention maps, no gradients);
-  (b) the CAM rule: ``wsss.stages.cams.run_cams`` on a one-image shard of a generated manifest of JPEG
+  (b) the CAM rule: ``wsss.methods.clip_es.gradcam.run_gradcam`` on a one-image shard of a generated manifest of JPEG
       images (stage files, decode, preprocessing, softmax-GradCAM, layer-mean attention, gzip HDF5
       writes of the CAMs and of the attention), with the model loader patched to hand back the
       already loaded model.
 
-Then one more pair at shard granularity (all N images; one N-image run_cams call), ``run_caa`` on the
+Then one more pair at shard granularity (all N images; one N-image run_gradcam call), ``run_caa`` on the
 N-image shard, and the bytes kept per image (initial CAM file + refined CAA file, gzip as the store
 writes it). Same process, same torch threads for (a) and (b).
 
@@ -41,8 +41,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-import wsss.stages.cams as cams_stage
-from wsss.clip_model import image_stats, interpolate_pos_embed, load_clip, patch_size, preprocess_image
+import wsss.methods.clip_es.gradcam as gradcam_step
+from wsss.methods import clip_es
+from wsss.methods.clip_es.caa import run_caa
+from wsss.methods.clip_es.gradcam import run_gradcam
+from wsss.clip.factory import load_clip, patch_size
+from wsss.clip.transform import image_stats, preprocess_image
+from wsss.clip.transformer import interpolate_pos_embed
 from wsss.datasets import MANIFEST_COLUMNS, write_manifest
 from wsss.gradcam import softmax_gradcam
 from wsss.h5store import image_ids, put_image, write_stage
@@ -103,13 +108,13 @@ def interpolated_positions(model, grid_hw: tuple[int, int]):
 
 @contextmanager
 def preloaded_model(model, mean, std):
-    """Make run_cams use the loaded model instead of building (and timing) a fresh one."""
-    original = cams_stage.load_cam_model
-    cams_stage.load_cam_model = lambda clip, checkpoint, device: (model, None, mean, std)
+    """Make run_gradcam use the loaded model instead of building (and timing) a fresh one."""
+    original = gradcam_step.load_configured_clip
+    gradcam_step.load_configured_clip = lambda clip, checkpoint, device: (model, None, mean, std)
     try:
         yield
     finally:
-        cams_stage.load_cam_model = original
+        gradcam_step.load_configured_clip = original
 
 
 def bare_forward(model, tensors: list[torch.Tensor]) -> None:
@@ -124,7 +129,8 @@ def cam_rule(
 ) -> None:
     """The stage runner on one shard of the manifest (shard_size images)."""
     clip = {"model": "ViT-B-16", "pretrained": None, "precision": "fp32"}
-    cams_stage.run_cams(manifest, shard, shard_size, text, clip, [], cam_cfg, cams_path, affinity_path)
+    cam = {**clip_es.DEFAULTS["cam"], **cam_cfg}
+    run_gradcam(manifest, shard, shard_size, text, clip, [], cam, cams_path, affinity_path)
 
 
 def timed(fn, *args) -> tuple[float, float]:
@@ -232,14 +238,14 @@ def main(argv: list[str] | None = None) -> int:
                 cam_w.append(pair["cam"][0])
                 cam_c.append(pair["cam"][1])
 
-        # One more pair at shard granularity: all N images through (a), then one N-image run_cams call
+        # One more pair at shard granularity: all N images through (a), then one N-image run_gradcam call
         # (the per-shard set-up, which real 250-image shards amortise, is then paid once for N images).
         with interpolated_positions(model, grid):
             shard_bare = timed(bare_forward, model, tensors)
         with preloaded_model(model, mean, std):
             shard_cam = timed(cam_rule, manifest, text, "00000", args.images, *paths, cam_cfg)
 
-        # Where (b)'s time goes: the calls run_cams makes per image, timed one by one (one pass)
+        # Where (b)'s time goes: the calls run_gradcam makes per image, timed one by one (one pass)
         g = torch.Generator().manual_seed(args.seed)
         fg = F.normalize(torch.randn(args.classes, model.text_projection.shape[1], generator=g), dim=-1)
         bg = F.normalize(torch.randn(args.background, model.text_projection.shape[1], generator=g), dim=-1)
@@ -276,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
             )
 
         caa_path = folder / "caa.h5"
-        caa_wall, _ = timed(cams_stage.run_caa, paths[0], paths[1], {}, caa_path)
+        caa_wall, _ = timed(run_caa, paths[0], paths[1], clip_es.DEFAULTS["caa"], caa_path)
         cam_data, cam_file = stored_bytes(paths[0])
         caa_data, caa_file = stored_bytes(caa_path)
         _, affinity_file = stored_bytes(paths[1])
@@ -297,7 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"(a) bare encode_image      : {med(bare_w) * 1e3:8.1f} ms/image wall, {med(bare_c) * 1e3:8.1f} ms CPU")
     print(
-        f"(b) CAM rule (run_cams)    : {med(cam_w) * 1e3:8.1f} ms/image wall, {med(cam_c) * 1e3:8.1f} ms CPU, "
+        f"(b) CAM rule (run_gradcam) : {med(cam_w) * 1e3:8.1f} ms/image wall, {med(cam_c) * 1e3:8.1f} ms CPU, "
         f"{1 / med(cam_w):.3f} images/s"
     )
     print(f"(b)/(a) per pair, wall     : {' '.join(f'{r:.3f}' for r in ratios_w)} -> median {med(ratios_w):.3f}")

@@ -13,6 +13,7 @@ background exponent α.
 from __future__ import annotations
 
 import argparse
+import json
 import itertools
 from pathlib import Path
 
@@ -22,18 +23,22 @@ import yaml
 from PIL import Image
 
 from wsss.affinity import refine_cams, sinkhorn_affinity
-from wsss.clip_model import image_stats, patch_size, preprocess_image
-from wsss.demo_clip import load_demo_clip
+from wsss.clip.factory import patch_size
+from wsss.clip.transform import image_stats, preprocess_image
+from wsss.demo.clip import load_demo_clip
 from wsss.gradcam import softmax_gradcam
-from wsss.h5store import open_stage
+from wsss.h5store import open_stage, provenance
 from wsss.metrics import confusion_matrix, scores
+from wsss.methods import resolve_methods
 from wsss.stages.evaluate import cam_labels, read_gt
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=Path("results/demo"), help="a finished demo run")
-    ap.add_argument("--config", type=Path, default=Path("config.yaml"), help="for the cam section and caa.sinkhorn_rounds")
+    ap.add_argument("--config", type=Path, default=Path("config.yaml"),
+                    help="for the method instance's cam section and caa.sinkhorn_rounds")
+    ap.add_argument("--method", default="clip_es", help="the clip_es instance of the config whose CAMs are studied")
     ap.add_argument("--split", default="clip_pretrain")
     ap.add_argument("--first", type=int, default=0)
     ap.add_argument("--count", type=int, default=300)
@@ -44,12 +49,16 @@ def main() -> None:
     torch.set_num_threads(2)
 
     config = yaml.safe_load(args.config.read_text())
-    cam, rounds = config["cam"], int(config["caa"]["sinkhorn_rounds"])
+    method = resolve_methods(config["methods"])[args.method]
+    cam, rounds = method["cam"], int(method["caa"]["sinkhorn_rounds"])
     world = args.results / "demo_world"
     model = load_demo_clip(args.results / "clip" / "demo_clip.pt", "cpu")
     mean, std = image_stats(model)
     patch = patch_size(model)
-    with open_stage(args.results / "text" / "text_features.h5") as text:
+    # the text features this instance's GradCAM used, as its provenance records them
+    gradcam_inputs = json.loads(provenance(next((args.results / args.method / "gradcam").glob("*/*.h5")))["input_digests"])
+    text_path = next(path for path in gradcam_inputs if path.endswith("text_features.h5"))
+    with open_stage(text_path) as text:
         foreground = torch.from_numpy(text["foreground"][()])
         background = torch.from_numpy(text["background"][()])
     n_class = 1 + foreground.shape[0]

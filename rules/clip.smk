@@ -1,4 +1,5 @@
-# CLIP: the demo CLIP (trained in the pipeline), text features and prompt ranking.
+# CLIP, shared by every method: the demo CLIP (trained in the pipeline), text features and prompt ranking.
+# Text features live under text/<key>/, one folder per distinct (clip, text) setting of the instances.
 
 
 rule train_demo_clip:
@@ -20,7 +21,7 @@ rule train_demo_clip:
     params:
         settings=settings(config["demo_clip"]),
         seed=config["seed"],
-        code=code_version("demo_clip", "clip_model", "demo_world"),
+        code=code_digest("train_demo_clip.py"),
     script:
         "../workflow_scripts/train_demo_clip.py"
 
@@ -30,9 +31,9 @@ rule select_prompt:
         manifest=f"{OUT}/manifests/{PSEUDO_SPLIT}.tsv",
         clip=clip_input,
     output:
-        f"{OUT}/text/prompt_ranking.csv",
+        f"{OUT}/text/{{text_key}}/prompt_ranking.csv",
     log:
-        f"{OUT}/logs/select_prompt.log",
+        f"{OUT}/logs/select_prompt/{{text_key}}.log",
     conda:
         "../envs/wsss.yaml"
     resources:
@@ -42,8 +43,8 @@ rule select_prompt:
     params:
         clip=settings(config["clip"]),
         dataset=settings(DATASET),
-        text=settings(config["text"]),
-        code=code_version("prompt_selection", "text_features", "clip_model", "classes"),
+        text=text_settings,
+        code=code_digest("select_prompt.py"),
     script:
         "../workflow_scripts/select_prompt.py"
 
@@ -53,9 +54,9 @@ rule text_features:
         clip=clip_input,
         ranking=prompt_ranking_input,
     output:
-        f"{OUT}/text/text_features.h5",
+        f"{OUT}/text/{{text_key}}/text_features.h5",
     log:
-        f"{OUT}/logs/text_features.log",
+        f"{OUT}/logs/text_features/{{text_key}}.log",
     conda:
         "../envs/wsss.yaml"
     resources:
@@ -65,8 +66,8 @@ rule text_features:
     params:
         clip=settings(config["clip"]),
         dataset=settings(DATASET),
-        text=settings(config["text"]),
+        text=text_settings,
         hdf5=settings(config["hdf5"]),
-        code=code_version("text_features", "clip_model", "classes"),
+        code=code_digest("text_features.py"),
     script:
         "../workflow_scripts/text_features.py"

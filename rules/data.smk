@@ -12,7 +12,7 @@ rule generate_demo_world:
         "../envs/wsss.yaml"
     params:
         world=settings(config["demo_world"]),
-        code=code_version("demo_world"),
+        code=code_digest("generate_demo_world.py"),
     script:
         "../workflow_scripts/generate_demo_world.py"
 
@@ -30,6 +30,6 @@ rule manifest:
         dataset=settings(DATASET),
         on_unlabeled=config["labels"]["on_unlabeled"],
         expected_rows=lambda wc: support.count_images(config, DATASET, wc.split),
-        code=code_version("datasets", "classes"),
+        code=code_digest("manifest.py"),
     script:
         "../workflow_scripts/manifest.py"

@@ -1,17 +1,17 @@
-# Report: every evaluation's long-format rows joined into one summary table.
+# Report: every instance's metric rows joined into one summary table (one row per method, stage, split).
 
 
 rule summary:
     input:
-        metric_tables(),
+        [table for name in sorted(METHODS) for table in method_tables(name)],
     output:
-        csv=f"{OUT}/tables/summary.csv",
+        csv=report(f"{OUT}/tables/summary.csv", category="Summary"),
         md=f"{OUT}/tables/summary.md",
     log:
         f"{OUT}/logs/summary.log",
     conda:
         "../envs/wsss.yaml"
     params:
-        code=code_version("tables"),
+        code=code_digest("summary.py"),
     script:
         "../workflow_scripts/summary.py"

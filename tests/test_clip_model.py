@@ -1,4 +1,4 @@
-"""Tests for wsss.clip_model: building/loading CLIP, CLIP-ES preprocessing and the image token path."""
+"""Tests for wsss.clip: building/loading CLIP (factory), CLIP-ES preprocessing (transform) and the image token path."""
 
 import copy
 import math
@@ -11,24 +11,19 @@ from open_clip.model import CLIP
 from PIL import Image
 from torchvision import transforms as T
 
-from wsss.clip_model import (
+from wsss.clip.factory import build_clip, config_from_openai_state_dict, load_clip
+from wsss.clip.transform import image_stats, image_to_tensor, preprocess_image, resize_to_patch_multiple
+from wsss.clip.transformer import (
     add_head_sum,
     attention_parts,
     block_forward,
     block_forward_with_attention,
-    build_clip,
-    config_from_openai_state_dict,
     embedding_from_attention_output,
     encode_image_tokens,
-    file_sha256,
     image_embedding_from_last_block,
-    image_stats,
-    image_to_tensor,
     interpolate_pos_embed,
-    load_clip,
-    preprocess_image,
-    resize_to_patch_multiple,
 )
+from wsss.digests import file_digest
 
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
@@ -250,7 +245,7 @@ def test_load_clip_state_dict_round_trip(tmp_path):
 def test_load_clip_sha256_check(tmp_path):
     path = tmp_path / "w.pt"
     torch.save(tiny().state_dict(), path)
-    digest = file_sha256(path)
+    digest = file_digest(path)
     load_clip(None, str(path), model_cfg=TINY, sha256=digest, device="cpu", precision="fp32")
     load_clip(None, str(path), model_cfg=TINY, sha256=digest[:8].upper(), device="cpu", precision="fp32")
     wrong = ("0" if digest[0] != "0" else "1") + digest[1:]

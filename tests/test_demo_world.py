@@ -1,4 +1,4 @@
-"""Tests for the procedural VOC-formatted demo world (wsss.demo_world)."""
+"""Tests for the procedural VOC-formatted demo world (wsss.demo.world)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from wsss import demo_world as dw
+from wsss.demo import world as dw
 
 SIZES = {"train": 12, "val": 6, "clip_pretrain": 6}
 KW = dict(n_train=SIZES["train"], n_val=SIZES["val"], n_clip=SIZES["clip_pretrain"])

@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss.clip_model import attention_parts, build_clip, encode_image_tokens, image_embedding_from_last_block
+from wsss.clip.factory import build_clip
+from wsss.clip.transformer import attention_parts, encode_image_tokens, image_embedding_from_last_block
 from wsss.gradcam import (
     cam_from_activations,
     cam_from_channel_weights,

@@ -1,4 +1,4 @@
-"""The real-data presets, merged over config.yaml as Snakemake merges them, keep CLIP-ES's settings."""
+"""The real-data presets, resolved as Snakemake resolves them over config.yaml, run CLIP-ES as published."""
 
 from __future__ import annotations
 
@@ -9,10 +9,11 @@ import yaml
 from snakemake.utils import update_config, validate
 
 from tests.workflow_helpers import REPO
+from wsss.methods import resolve_methods
 
 PRESETS = {"voc": 0.4, "coco": 0.7, "custom": 0.4}  # preset -> CLIP-ES box threshold
-# config.yaml tunes these sections for the demo world's tiny CLIP and thin segmenter
-DEMO_TUNED_SECTIONS = ("cam", "caa", "segmenter")
+# config.yaml tunes the shared segmenter for the demo world's thin ResNet-18
+DEMO_TUNED_SECTIONS = ("train", "predict")
 
 
 def _load(path) -> dict:
@@ -20,37 +21,59 @@ def _load(path) -> dict:
 
 
 def resolved(preset: str) -> dict:
-    """config.yaml updated by configs/<preset>.yaml, as `configfile:` plus `--configfile` resolve them."""
+    """config.yaml updated by configs/<preset>.yaml, as the Snakefile resolves them (methods replaced)."""
     config = copy.deepcopy(_load(REPO / "config.yaml"))
-    update_config(config, _load(REPO / "configs" / f"{preset}.yaml"))
+    own = _load(REPO / "configs" / f"{preset}.yaml")
+    update_config(config, own)
+    config["methods"] = copy.deepcopy(own["methods"])
     return config
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_preset_states_every_key_of_the_demo_tuned_sections(preset):
+def test_preset_states_every_key_of_the_demo_tuned_segmenter(preset):
     demo, own = _load(REPO / "config.yaml"), _load(REPO / "configs" / f"{preset}.yaml")
     for section in DEMO_TUNED_SECTIONS:
-        inherited = sorted(set(demo[section]) - set(own.get(section, {})))
-        assert not inherited, f"configs/{preset}.yaml inherits the demo's {section}.{inherited}"
+        inherited = sorted(set(demo["segmenter"][section]) - set(own["segmenter"].get(section, {})))
+        assert not inherited, f"configs/{preset}.yaml inherits the demo's segmenter.{section}.{inherited}"
 
 
 @pytest.mark.parametrize("preset", sorted(PRESETS))
-def test_resolved_preset_is_valid_and_keeps_clip_es_settings(preset):
+def test_resolved_preset_is_valid_and_runs_clip_es_as_published(preset):
     config = resolved(preset)
     validate(config, str(REPO / "rules" / "schemas" / "config.schema.yaml"))
-    cam, caa, seg = config["cam"], config["caa"], config["segmenter"]
     assert config["clip"]["model"] == "ViT-B-16"
+    methods = resolve_methods(config["methods"])
+    assert list(methods) == ["clip_es"], "a preset runs clip_es only, never the demo's ablations"
+    method = methods["clip_es"]
+    cam, caa = method["cam"], method["caa"]
     assert cam["input_scale"] == 1
     assert cam["attn_layers"] == [-8, None]
     assert (cam["score"], cam["use_background"]) == ("softmax", True)
     assert (caa["power"], caa["sinkhorn_rounds"], caa["box_threshold"]) == (2, 3, PRESETS[preset])
     assert (caa["box_border"], caa["empty_box"]) == ("faithful", "zeros")
+    assert method["pseudo_masks"]["crf"]["mode"] == "prob_unary" and method["segmenter"]
+    seg = config["segmenter"]["train"]
     assert seg["backbone"] == "resnet101" and seg["width"] is None
     assert (seg["lr_mult"], seg["lr_step_every"]) == ([1, 10, 20], 10)
 
 
 def test_demo_config_differs_where_the_presets_must_override_it():
-    # keeps the test above meaningful: were the demo's values CLIP-ES's, inheriting them would be harmless
+    # keeps the tests above meaningful: were the demo's values CLIP-ES's, inheriting them would be harmless
     demo = _load(REPO / "config.yaml")
-    assert demo["cam"]["input_scale"] != 1
-    assert demo["segmenter"]["width"] is not None
+    demo_es = resolve_methods(demo["methods"])["clip_es"]
+    assert demo_es["cam"]["input_scale"] != 1 and demo_es["caa"]["power"] != 2
+    assert len(demo["methods"]) > 1
+    assert demo["segmenter"]["train"]["width"] is not None
+
+
+def test_clip_es_defaults_are_the_official_settings():
+    from wsss.crf import CrfConfig
+    from wsss.stages.pseudo_masks import recipe_threshold
+
+    method = resolve_methods({"m": {"kind": "clip_es"}})["m"]
+    assert method["cam"] == {"score": "softmax", "use_background": True, "attn_layers": [-8, None], "input_scale": 1}
+    assert recipe_threshold(method["pseudo_masks"]) == 0.95
+    crf = CrfConfig.from_dict(method["pseudo_masks"]["crf"])
+    assert (crf.image_mode, crf.params.bilateral_sxy, crf.params.bilateral_srgb) == ("wrapped_bgr_mean", 67, 3)
+    # SemPLeS's label-unary CRF has no 255 rule unless a recipe sets a threshold
+    assert recipe_threshold({"crf": {"mode": "label_unary"}, "confidence_threshold": None}) == 0.0

@@ -23,10 +23,12 @@ from tests.workflow_helpers import REPO, TINY, snakemake
 
 pytestmark = pytest.mark.slurm
 
-GPU_RULES = {"train_demo_clip", "text_features", "cams", "train_segmenter", "predict"}
-CPU_RULES = {"generate_demo_world", "manifest", "caa", "crf", "evaluate_cams", "export_pseudo_masks",
+# the tiny config's clip_es keeps its affinity (clip_es_gradcam_keep_affinity); clip_es_logit does not
+GPU_RULES = {"train_demo_clip", "text_features", "clip_es_gradcam", "clip_es_gradcam_keep_affinity",
+             "train_segmenter", "predict"}
+CPU_RULES = {"generate_demo_world", "manifest", "clip_es_caa", "crf", "evaluate_cams", "export_pseudo_masks",
              "evaluate_pseudo_masks", "evaluate_segmenter"}
-COMPARED_STAGES = ("cams", "caa", "crf", "predictions")
+COMPARED_STAGES = ("clip_es/gradcam", "clip_es/cams", "clip_es/crf", "clip_es/predictions", "clip_es_logit/cams")
 
 
 def _cannot_start() -> str | None:

@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from wsss.clip_model import build_clip
+from wsss.clip.factory import build_clip
 from wsss.prompt_selection import class_probabilities, image_embeddings, rank_templates, sharpness
 from wsss.text_features import DEFAULT_TEMPLATE, get_tokenizer, text_features
 

@@ -1,42 +1,118 @@
-"""The DAG as Snakemake sees it: dry runs, config validation, shard counts (fast, no job runs)."""
+"""The DAG as Snakemake sees it: dry runs, config validation, method instances, shard counts (no job runs)."""
 
 import pytest
 import yaml
 
-from tests.workflow_helpers import REPO, planned_jobs, snakemake, write_config
+from tests.workflow_helpers import REPO, TINY, planned_jobs, planned_methods, snakemake, write_config
 
-ALL_RULES = {"generate_demo_world", "manifest", "train_demo_clip", "text_features", "cams", "caa", "evaluate_cams",
-             "crf", "export_pseudo_masks", "evaluate_pseudo_masks", "train_segmenter", "predict",
+ALL_RULES = {"generate_demo_world", "manifest", "train_demo_clip", "text_features", "clip_es_gradcam", "clip_es_caa",
+             "evaluate_cams", "crf", "export_pseudo_masks", "evaluate_pseudo_masks", "train_segmenter", "predict",
              "evaluate_segmenter", "summary", "all"}
 
 
-def test_default_config_dry_run_lists_the_whole_dag(tmp_path):
+def test_default_config_dry_run_lists_the_whole_dag_for_every_instance(tmp_path):
     result = snakemake(tmp_path, "-n", config=REPO / "config.yaml")
     jobs = planned_jobs(result)
     assert set(jobs) == ALL_RULES
     demo = yaml.safe_load((REPO / "config.yaml").read_text())
+    instances = set(demo["methods"])
+    with_segmenter = {name for name, method in demo["methods"].items() if method.get("segmenter", True)}
+    assert len(instances) >= 2 and "clip_es" in with_segmenter and instances - with_segmenter, \
+        "the demo runs clip_es through the whole tail and at least one ablation that stops at the pseudo masks"
     n_shards = -(-demo["demo_world"]["n_train"] // demo["shard_size"])
-    assert jobs["cams"] == jobs["caa"] == jobs["crf"] == n_shards
-    assert jobs["predict"] == -(-demo["demo_world"]["n_val"] // demo["shard_size"])
-    assert jobs["manifest"] == 2
+    assert jobs["clip_es_gradcam"] == jobs["clip_es_caa"] == jobs["crf"] == n_shards * len(instances)
+    assert jobs["predict"] == -(-demo["demo_world"]["n_val"] // demo["shard_size"]) * len(with_segmenter)
+    assert jobs["manifest"] == 2 and jobs["train_demo_clip"] == 1
+    assert jobs["text_features"] == 1, "instances with equal text settings share one text-feature file"
+    methods = planned_methods(result)
+    assert methods["crf"] == methods["evaluate_cams"] == instances
+    assert methods["train_segmenter"] == with_segmenter
 
 
 def test_prompt_ranking_joins_the_dag_only_for_auto_template(tmp_path):
-    config = write_config(tmp_path / "auto.yaml", text={"template": "auto"})
-    assert planned_jobs(snakemake(tmp_path, "-n", config=config)).get("select_prompt") == 1
+    config = write_config(tmp_path / "auto.yaml", methods={"clip_es_logit": {"text": {"template": "auto"}}})
+    jobs = planned_jobs(snakemake(tmp_path, "-n", config=config))
+    assert jobs.get("select_prompt") == 1
+    assert jobs["text_features"] == 2, "different text settings get their own text features"
     assert "select_prompt" not in planned_jobs(snakemake(tmp_path, "-n"))
+
+
+def test_a_config_with_methods_replaces_the_default_instances(tmp_path):
+    # config.yaml (always loaded first) has three instances; the tiny config names two, and only they run
+    default = set(yaml.safe_load((REPO / "config.yaml").read_text())["methods"])
+    tiny = set(yaml.safe_load(TINY.read_text())["methods"])
+    assert default - tiny
+    methods = planned_methods(snakemake(tmp_path, "-n"))
+    assert methods["crf"] == tiny
+
+
+def test_segmenter_is_trained_without_an_evaluation_split(tmp_path):
+    config = write_config(tmp_path / "no_eval.yaml", splits={"segmenter_eval": None})
+    jobs = planned_jobs(snakemake(tmp_path, "-n", config=config))
+    assert jobs["train_segmenter"] == 1
+    assert "predict" not in jobs and "evaluate_segmenter" not in jobs
+
+
+def test_output_root_is_a_config_key(tmp_path):
+    config = write_config(tmp_path / "root.yaml", output_root="elsewhere/out")
+    text = snakemake(tmp_path, "-n", config=config).stdout
+    assert "elsewhere/out/tiny/clip_es/cams/train/00000.h5" in text
+    assert "results/tiny" not in text
+
+
+def test_workflow_works_as_a_module_of_another_workflow(tmp_path):
+    direct = planned_jobs(snakemake(tmp_path / "direct", "-n"))
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    (caller / "Snakefile").write_text(
+        f'configfile: "{TINY}"\n\n\n'
+        f'module wsss:\n    snakefile:\n        "{REPO / "Snakefile"}"\n    config:\n        config\n\n\n'
+        "use rule * from wsss\n"
+    )
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(caller / "Snakefile"), "--directory",
+                             str(caller), "--workflow-profile", "none", "-n", "all"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert planned_jobs(result) == direct
+
+
+def test_conda_env_file_travels_with_the_rules():
+    # Snakemake copies the env file under .snakemake/conda/, so it may not refer to any path of the checkout
+    env = yaml.safe_load((REPO / "envs" / "wsss.yaml").read_text())
+    pip = next(item["pip"] for item in env["dependencies"] if isinstance(item, dict))
+    assert not [line for line in pip if line.startswith(("-r", "-e", ".", "/"))]
+    for rule_file in [*(REPO / "rules").glob("*.smk"), *(REPO / "rules").glob("*/*.smk")]:
+        for line in rule_file.read_text().splitlines():
+            if "envs/wsss.yaml" in line:
+                path = line.strip().strip('",')
+                assert (rule_file.parent / path).resolve() == REPO / "envs" / "wsss.yaml", rule_file
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"crf": {"itrs": 5}}, "itrs"),
-        ({"caa": {"box_border": "sideways"}}, "sideways"),
+        ({"methods": {"clip_es": {"pseudo_masks": {"crf": {"itrs": 5}}}}}, "itrs"),
+        ({"methods": {"clip_es": {"caa": {"box_border": "sideways"}}}}, "sideways"),
+        ({"methods": {"clip_es": {"caa": {"sinkhorn_rounds": 0}}}}, "sinkhorn_rounds"),
+        ({"methods": {"clip_es": {"kind": "clip_xx"}}}, "clip_xx"),
+        ({"methods": {"tables": {"kind": "clip_es"}}}, "methods.tables"),
+        ({"methods": {"clip_es": {"text": {"template": "no placeholder"}}}}, "methods.clip_es.text.template"),
+        ({"methods": {"clip_es": {"cam": {"attn_layers": [3, 1]}}}}, "methods.clip_es.cam.attn_layers"),
         ({"shard_size": 0}, "shard_size"),
         ({"clip": {"model": "ViT-B-16", "pretrained": None}}, "clip.pretrained"),
-        ({"text": {"template": "no placeholder"}}, "text.template"),
         ({"splits": {"pseudo": "train_aug"}}, "splits.pseudo"),
         ({"dataset": {"kind": "voc"}}, "dataset.root"),
+        ({"demo_clip": {"stepz": 3}}, "stepz"),
+        ({"demo_clip": {"image_size": 90}}, "image_size"),
+        ({"resources": {"crf": {"memory": 3}}}, "memory"),
+        ({"resources": {"cams": {"mem_mb": 3}}}, "cams"),
+        ({"segmenter": {"train": {"crop": 0}}}, "crop"),
+        ({"segmenter": {"test_flip": False}}, "segmenter.train"),
+        ({"method": "clip-es"}, "methods:"),
+        ({"crf": {"iters": 3}}, "pseudo_masks.crf"),
     ],
 )
 def test_bad_config_fails_naming_the_key(tmp_path, changes, message):
@@ -44,3 +120,15 @@ def test_bad_config_fails_naming_the_key(tmp_path, changes, message):
     result = snakemake(tmp_path, "-n", config=config, check=False)
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
+
+
+def test_every_rule_digests_the_script_it_runs():
+    # a rule's code digest must follow its own script's imports, or edits would rerun the wrong rule
+    import re
+
+    for rule_file in [*(REPO / "rules").glob("*.smk"), *(REPO / "rules").glob("*/*.smk")]:
+        for block in re.split(r"\n(?=rule |use rule )", rule_file.read_text()):
+            script = re.search(r'script:\s*"[./]*workflow_scripts/([\w.]+)"', block)
+            digest = re.search(r'code=code_digest\("([\w.]+)"\)', block)
+            if block.startswith("rule ") and (script or digest):
+                assert script and digest and script.group(1) == digest.group(1), f"{rule_file.name}: {block[:60]}"

@@ -1,17 +1,22 @@
-"""One real run of the whole DAG on a tiny demo world, then what a second run and edited parameters schedule."""
+"""One real run of the whole DAG on a tiny demo world, then what a second run, edited settings and edited code schedule."""
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pandas as pd
 import pytest
+import yaml
 from PIL import Image
 
-from tests.workflow_helpers import TINY, planned_jobs, snakemake, write_config
+from tests.workflow_helpers import REPO, TINY, planned_jobs, planned_methods, snakemake, write_config
 from wsss.h5store import get_image, image_ids, open_stage, provenance
 
 RUN = "results/tiny"
+ES = f"{RUN}/clip_es"  # the instance with the whole tail (and caa.keep_affinity)
+ABLATION = f"{RUN}/clip_es_logit"  # an instance that stops at the pseudo masks
+UPSTREAM = {"generate_demo_world", "manifest", "train_demo_clip", "text_features"}
 
 
 @pytest.fixture(scope="module")
@@ -22,61 +27,74 @@ def tiny_run(tmp_path_factory):
 
 
 def test_every_stage_writes_its_documented_layout(tiny_run):
-    cams_file = tiny_run / RUN / "cams/train/00000.h5"
-    with open_stage(cams_file) as handle:
+    with open_stage(tiny_run / ES / "gradcam/train/00000.h5") as handle:
         ids = image_ids(handle)
         assert len(ids) == 5
+        initial = get_image(handle, ids[0])
+    with open_stage(tiny_run / ES / "cams/train/00000.h5") as handle:
+        assert provenance(tiny_run / ES / "cams/train/00000.h5")["stage"] == "cams"
         stored = get_image(handle, ids[0])
         assert stored["keys"].dtype == np.int16
         k = len(stored["keys"])
         assert stored["cam"].dtype == np.float32 and stored["cam"].shape[0] == k
         assert 0.0 <= stored["cam"].min() and stored["cam"].max() <= 1.0
-        assert {"cam_logit", "cam_softmax_nobg"} <= set(stored)  # cam.ablations: true in the tiny config
+        # the contract keeps the GradCAM map beside the refined one, so evaluation scores both
+        np.testing.assert_array_equal(stored["cam_initial"], initial["cam"])
         grid = stored["cam"].shape[1:]
-        # cam.input_scale: 2 in the tiny config; the demo CLIP's patch is 8 px
+        # input_scale 2 in the tiny config; the demo CLIP's patch is 8 px
         assert grid == (math.ceil(2 * stored["height"] / 8), math.ceil(2 * stored["width"] / 8))
-    with open_stage(tiny_run / RUN / "caa/train/00000.h5") as handle:
-        refined = get_image(handle, ids[0])
-        assert refined["cam"].shape == (k, *grid)
-        assert refined["keys"].tolist() == stored["keys"].tolist()
-    with open_stage(tiny_run / RUN / "crf/train/00000.h5") as handle:
+    with open_stage(tiny_run / ES / "crf/train/00000.h5") as handle:
         crf = get_image(handle, ids[0])
         assert crf["labels"].shape == (stored["height"], stored["width"]) and crf["labels"].dtype == np.uint8
         assert crf["confidence"].dtype == np.float16
         assert set(np.unique(crf["labels"])) <= {0, *(stored["keys"] + 1).tolist()}
-    with open_stage(tiny_run / RUN / "predictions/val/00000.h5") as handle:
+    with open_stage(tiny_run / ES / "predictions/val/00000.h5") as handle:
         prediction = get_image(handle, image_ids(handle)[0])
         assert {"labels", "labels_crf"} <= set(prediction)
-    # kept because the tiny config sets caa.keep_affinity (otherwise temporary)
-    with open_stage(tiny_run / RUN / "affinity/train/00000.h5") as handle:
+    # kept because clip_es sets caa.keep_affinity; the ablation's were temporary
+    with open_stage(tiny_run / ES / "affinity/train/00000.h5") as handle:
         n_tokens = grid[0] * grid[1]
         assert get_image(handle, ids[0])["attention"].shape == (n_tokens, n_tokens)
+    assert not (tiny_run / ABLATION / "affinity").exists()
+    assert not (tiny_run / ABLATION / "segmenter").exists()
+
+
+def test_instances_differ_only_where_their_settings_do(tiny_run):
+    with open_stage(tiny_run / ES / "gradcam/train/00001.h5") as es, \
+            open_stage(tiny_run / ABLATION / "gradcam/train/00001.h5") as logit:
+        image_id = image_ids(es)[0]
+        assert not np.allclose(get_image(es, image_id)["cam"], get_image(logit, image_id)["cam"])
+    text = sorted((tiny_run / RUN / "text").glob("*/text_features.h5"))
+    assert len(text) == 1, "both instances share one text-feature file"
 
 
 def test_provenance_records_parameters_and_inputs(tiny_run):
-    info = provenance(tiny_run / RUN / "caa/train/00001.h5")
-    assert info["stage"] == "caa"
+    info = provenance(tiny_run / ES / "cams/train/00001.h5")
     assert json.loads(info["params_json"])["box_threshold"] == 0.4
     inputs = json.loads(info["input_digests"])
-    assert any(path.endswith("cams/train/00001.h5") for path in inputs)
+    assert any(path.endswith("clip_es/gradcam/train/00001.h5") for path in inputs)
     assert all(len(digest) == 64 for digest in inputs.values())
 
 
-def test_summary_joins_every_evaluation(tiny_run):
+def test_summary_has_a_row_per_method_stage_and_split(tiny_run):
     summary = pd.read_csv(tiny_run / RUN / "tables/summary.csv")
     assert list(summary.columns) == ["method", "stage", "split", "metric", "value"]
-    miou = summary[summary["metric"] == "miou"].set_index("stage")["value"]
-    for stage in ("cam_alpha1", "cam_alpha2", "cam_caa_alpha1", "cam_gradcam_logit_alpha1",
-                  "cam_softmax_no_bg_alpha1", "crf", "segmenter", "segmenter_crf"):
-        assert 0.0 <= miou[stage] <= 1.0
+    miou = summary[summary["metric"] == "miou"].set_index(["method", "stage"])["value"]
+    for stage in ("cam_initial_alpha1", "cam_alpha1", "cam_initial_alpha2", "cam_alpha2", "crf",
+                  "segmenter", "segmenter_crf"):
+        assert 0.0 <= miou[("clip_es", stage)] <= 1.0
+    ablation = set(summary[summary["method"] == "clip_es_logit"]["stage"])
+    assert {"cam_initial_alpha1", "cam_alpha1", "crf"} <= ablation and "segmenter" not in ablation
+    assert not summary.duplicated(["method", "stage", "split", "metric"]).any()
     assert set(summary[summary["stage"] == "segmenter"]["split"]) == {"val"}
-    assert "| method | stage | split | miou |" in (tiny_run / RUN / "tables/summary.md").read_text()
-    per_class = pd.read_csv(tiny_run / RUN / "tables/segmenter_per_class.csv")
+    markdown = (tiny_run / RUN / "tables/summary.md").read_text()
+    assert "| method | stage | split | miou |" in markdown and "| clip_es_logit | crf | train |" in markdown
+    per_class = pd.read_csv(tiny_run / ES / "tables/segmenter_per_class.csv")
     assert per_class["class"].tolist()[0] == "background" and len(per_class) == 7
 
 
 def test_exported_masks_are_training_labels(tiny_run):
-    out = tiny_run / RUN / "pseudo_masks/train"
+    out = tiny_run / ES / "pseudo_masks/train"
     lines = (out / "list.txt").read_text().splitlines()
     assert len(lines) == 12
     image_path, mask_path = lines[0].split()
@@ -84,10 +102,11 @@ def test_exported_masks_are_training_labels(tiny_run):
     image_id = mask_path.rsplit("/", 1)[1][:-4]
     mask = Image.open(out / mask_path.lstrip("/"))
     assert mask.mode == "P"
-    shard = next(p for p in sorted((tiny_run / RUN / "crf/train").glob("*.h5"))
+    shard = next(p for p in sorted((tiny_run / ES / "crf/train").glob("*.h5"))
                  if image_id in image_ids(open_stage(p)))
     with open_stage(shard) as handle:
         stored = get_image(handle, image_id)
+    # prob_unary with the threshold left to the mode: CLIP-ES's 0.95 rule
     expected = np.where(stored["confidence"].astype(np.float64) < 0.95, 255, stored["labels"])
     np.testing.assert_array_equal(np.array(mask), expected)
 
@@ -98,31 +117,90 @@ def test_second_run_has_nothing_to_do(tiny_run):
     assert planned_jobs(result) == {}
 
 
+def _reordered(value):
+    """Every mapping of a config with its keys in reverse order."""
+    if isinstance(value, dict):
+        return {key: _reordered(value[key]) for key in reversed(list(value))}
+    return value
+
+
+def test_yaml_key_order_changes_nothing(tiny_run, tmp_path):
+    config = tmp_path / "reordered.yaml"
+    config.write_text(yaml.safe_dump(_reordered(yaml.safe_load(TINY.read_text())), sort_keys=False))
+    assert planned_jobs(snakemake(tiny_run, "-n", config=config)) == {}
+
+
 def _scheduled(workdir, tmp_path, **changes):
-    return planned_jobs(snakemake(workdir, "-n", config=write_config(tmp_path / "changed.yaml", TINY, **changes)))
+    result = snakemake(workdir, "-n", config=write_config(tmp_path / "changed.yaml", TINY, **changes))
+    return planned_jobs(result), planned_methods(result)
 
 
-def test_caa_parameter_schedules_no_cam_jobs(tiny_run, tmp_path):
-    # With caa.keep_affinity (the switch for CAA ablations) the CAM rule's outputs all stay current.
-    jobs = _scheduled(tiny_run, tmp_path, caa={"box_threshold": 0.5})
-    assert "cams" not in jobs and "train_demo_clip" not in jobs and "text_features" not in jobs
-    assert jobs["caa"] == 3 and jobs["crf"] == 3 and jobs["evaluate_cams"] == 1
+def test_one_instance_setting_schedules_only_that_instance(tiny_run, tmp_path):
+    jobs, methods = _scheduled(tiny_run, tmp_path, methods={"clip_es_logit": {"caa": {"power": 3}}})
+    assert not UPSTREAM & set(jobs), "no shared upstream job reruns"
+    assert {"clip_es_gradcam", "clip_es_caa", "crf", "evaluate_cams", "evaluate_pseudo_masks"} <= set(jobs)
+    assert set().union(*methods.values()) == {"clip_es_logit"}, methods
+
+
+def test_caa_parameter_with_kept_affinity_schedules_no_gradcam_jobs(tiny_run, tmp_path):
+    jobs, methods = _scheduled(tiny_run, tmp_path, methods={"clip_es": {"caa": {"box_threshold": 0.5}}})
+    assert not {"clip_es_gradcam", "clip_es_gradcam_keep_affinity"} & set(jobs) and not UPSTREAM & set(jobs)
+    assert jobs["clip_es_caa"] == 3 and jobs["crf"] == 3 and jobs["evaluate_cams"] == 1
+    assert set().union(*methods.values()) == {"clip_es"}
 
 
 def test_crf_parameter_reruns_only_crf_and_what_follows(tiny_run, tmp_path):
-    jobs = _scheduled(tiny_run, tmp_path, crf={"iters": 3})
+    jobs, _ = _scheduled(tiny_run, tmp_path, methods={"clip_es": {"pseudo_masks": {"crf": {"iters": 3}}}})
     assert set(jobs) == {"crf", "evaluate_pseudo_masks", "export_pseudo_masks", "train_segmenter", "predict",
                          "evaluate_segmenter", "summary", "all"}
 
 
 def test_confidence_threshold_is_applied_downstream_of_the_crf(tiny_run, tmp_path):
-    jobs = _scheduled(tiny_run, tmp_path, crf={"confidence_threshold": 0.9})
-    assert "crf" not in jobs
-    assert {"export_pseudo_masks", "evaluate_pseudo_masks", "train_segmenter"} <= set(jobs)
+    jobs, _ = _scheduled(tiny_run, tmp_path, methods={"clip_es": {"pseudo_masks": {"confidence_threshold": 0.9}}})
+    assert set(jobs) == {"export_pseudo_masks", "evaluate_pseudo_masks", "train_segmenter", "predict",
+                         "evaluate_segmenter", "summary", "all"}
 
 
-def test_segmenter_parameter_reruns_only_training_prediction_evaluation(tiny_run, tmp_path):
-    jobs = _scheduled(tiny_run, tmp_path, segmenter={"lr": 0.02})
+def test_segmenter_settings_rerun_only_their_own_rules(tiny_run, tmp_path):
+    jobs, _ = _scheduled(tiny_run, tmp_path, segmenter={"train": {"lr": 0.02}})
     assert set(jobs) == {"train_segmenter", "predict", "evaluate_segmenter", "summary", "all"}
-    jobs = _scheduled(tiny_run, tmp_path, segmenter={"test_flip": False})
+    jobs, _ = _scheduled(tiny_run, tmp_path, segmenter={"predict": {"flip": False}})
     assert set(jobs) == {"predict", "evaluate_segmenter", "summary", "all"}, "test-time options retrain"
+
+
+def _workflow_copy(destination):
+    """A copy of the workflow's code (Snakefile, rules, scripts, package) to edit without touching the checkout."""
+    for name in ("Snakefile", "config.yaml"):
+        shutil.copy2(REPO / name, destination / name)
+    for name in ("rules", "workflow_scripts", "wsss", "envs"):
+        shutil.copytree(REPO / name, destination / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+    return destination / "Snakefile"
+
+
+def _dry_run_of_copy(snakefile, workdir):
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(snakefile), "--directory", str(workdir),
+                             "--configfile", str(TINY), "--workflow-profile", "none", "-n"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return planned_jobs(result)
+
+
+@pytest.mark.parametrize(
+    ("module", "dependent"),
+    [
+        # only the segmenter's training imports its augmentation; prediction and scores follow its new model
+        ("segmenter/augment.py", {"train_segmenter", "predict", "evaluate_segmenter", "summary", "all"}),
+        # the CAA refinement: the CAA rule of both instances and everything after it, no GradCAM
+        ("affinity.py", {"clip_es_caa", "crf", "evaluate_cams", "evaluate_pseudo_masks", "export_pseudo_masks",
+                         "train_segmenter", "predict", "evaluate_segmenter", "summary", "all"}),
+    ],
+)
+def test_editing_a_deep_module_reruns_exactly_its_dependent_rules(tiny_run, tmp_path, module, dependent):
+    snakefile = _workflow_copy(tmp_path)
+    assert _dry_run_of_copy(snakefile, tiny_run) == {}, "an identical copy of the code changes nothing"
+    path = tmp_path / "wsss" / module
+    path.write_text(path.read_text() + "\n# an edited comment\n")
+    assert set(_dry_run_of_copy(snakefile, tiny_run)) == dependent

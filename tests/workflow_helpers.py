@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from wsss.methods import merged
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 
@@ -41,13 +43,24 @@ def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:
     return counts
 
 
-def write_config(path: Path, base: Path = TINY, **changes: dict) -> Path:
-    """Write a copy of a config with some sections updated (section -> dict of keys to change)."""
-    config = yaml.safe_load(base.read_text())
-    for section, values in changes.items():
-        if isinstance(values, dict):
-            config.setdefault(section, {}).update(values)
-        else:
-            config[section] = values
+def planned_methods(result: subprocess.CompletedProcess) -> dict[str, set[str]]:
+    """Per rule, the method instances of the jobs a dry run plans (from the jobs' ``wildcards:`` lines)."""
+    planned: dict[str, set[str]] = {}
+    rule = None
+    for line in (result.stdout + result.stderr).splitlines():
+        match = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if match:
+            rule = match.group(1)
+            planned.setdefault(rule, set())
+            continue
+        match = re.search(r"wildcards:.*\bmethod=(\w+)", line)
+        if match and rule is not None:
+            planned[rule].add(match.group(1))
+    return planned
+
+
+def write_config(path: Path, base: Path = TINY, **changes) -> Path:
+    """Write a copy of a config with some sections updated (mappings merged key by key, other values replaced)."""
+    config = merged(yaml.safe_load(base.read_text()), changes)
     path.write_text(yaml.safe_dump(config, sort_keys=False))
     return path

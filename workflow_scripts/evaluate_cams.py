@@ -1,4 +1,4 @@
-"""Rule evaluate_cams: mIoU of initial, refined and ablation CAMs for each background exponent."""
+"""Rule evaluate_cams: mIoU of every CAM map of a method's contract shards, for each background exponent."""
 
 from wsss.logs import logged
 from wsss.stages.evaluate import evaluate_cams
@@ -6,12 +6,10 @@ from wsss.stages.evaluate import evaluate_cams
 with logged(snakemake.log[0]):
     evaluate_cams(
         snakemake.input.cams,
-        snakemake.input.caa,
         snakemake.input.manifests,
-        snakemake.config,
         snakemake.params.dataset,
         snakemake.params.alphas,
-        snakemake.params.method,
+        snakemake.wildcards.method,
         snakemake.output.metrics,
         snakemake.output.per_class,
         locking=snakemake.params.hdf5["locking"],

@@ -2,17 +2,17 @@
 
 from wsss.logs import logged
 from wsss.stages.evaluate import evaluate_label_maps
+from wsss.stages.pseudo_masks import recipe_threshold
 
 with logged(snakemake.log[0]):
     evaluate_label_maps(
         snakemake.input.crf,
         snakemake.input.manifests,
-        snakemake.config,
         snakemake.params.dataset,
-        snakemake.params.method,
+        snakemake.wildcards.method,
         {"labels": "crf"},
         snakemake.output.metrics,
         snakemake.output.per_class,
-        confidence_threshold=snakemake.params.threshold,
+        confidence_threshold=recipe_threshold(snakemake.params.pseudo_masks),
         locking=snakemake.params.hdf5["locking"],
     )

@@ -1,4 +1,4 @@
-"""Rule evaluate_segmenter: mIoU of the segmenter with and without test-time CRF on a split."""
+"""Rule evaluate_segmenter: mIoU of a method's segmenter with and without test-time CRF on a split."""
 
 from wsss.logs import logged
 from wsss.stages.evaluate import evaluate_predictions
@@ -7,9 +7,8 @@ with logged(snakemake.log[0]):
     evaluate_predictions(
         snakemake.input.predictions,
         snakemake.input.manifest,
-        snakemake.config,
         snakemake.params.dataset,
-        snakemake.params.method,
+        snakemake.wildcards.method,
         snakemake.output.metrics,
         snakemake.output.per_class,
         snakemake.output.per_class_md,

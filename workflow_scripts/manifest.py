@@ -5,7 +5,6 @@ from wsss.stages.data import write_split_manifest
 
 with logged(snakemake.log[0]):
     write_split_manifest(
-        snakemake.config,
         snakemake.params.dataset,
         snakemake.wildcards.split,
         snakemake.output[0],

@@ -1,7 +1,7 @@
-"""Rule summary: join every evaluation's metric rows into summary.csv and summary.md."""
+"""Rule summary: join every instance's metric rows into summary.csv and summary.md."""
 
 from wsss.logs import logged
-from wsss.tables import summarize
+from wsss.stages.report import write_summary
 
 with logged(snakemake.log[0]):
-    summarize(list(snakemake.input), snakemake.output.csv, snakemake.output.md)
+    write_summary(list(snakemake.input), snakemake.output.csv, snakemake.output.md)

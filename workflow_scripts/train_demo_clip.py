@@ -1,8 +1,8 @@
 """Rule train_demo_clip: pretrain the tiny demo CLIP on the demo world's image-caption pairs."""
 
-from wsss.demo_clip import train_demo_clip
+from wsss.demo.clip import train_demo_clip
+from wsss.devices import compute_job
 from wsss.logs import logged
-from wsss.stages.devices import compute_job
 
 with logged(snakemake.log[0]) as log, compute_job(snakemake.threads, snakemake.resources.get("gpu", 0)):
     train_demo_clip(snakemake.input[0], snakemake.output[0], snakemake.params.settings, snakemake.params.seed,

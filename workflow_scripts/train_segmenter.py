@@ -1,16 +1,16 @@
-"""Rule train_segmenter: DeepLabV2 on the confidence-masked pseudo masks (resumes after interruptions)."""
+"""Rule train_segmenter: DeepLabV2 on a method's confidence-masked pseudo masks (resumes after interruptions)."""
 
+from wsss.devices import compute_job
 from wsss.logs import logged
-from wsss.stages.devices import compute_job
 from wsss.stages.segmenter import run_training
 
 with logged(snakemake.log[0]), compute_job(snakemake.threads, snakemake.resources.get("gpu", 0)):
     run_training(
         snakemake.input.manifest,
         snakemake.input.crf,
-        snakemake.params.segmenter,
+        snakemake.params.train,
         snakemake.params.n_classes,
-        snakemake.params.threshold,
+        snakemake.params.pseudo_masks,
         snakemake.params.seed,
         snakemake.params.checkpoint_dir,
         snakemake.output[0],

@@ -21,11 +21,11 @@ class Vocabulary:
     background_words: tuple[str, ...]
 
 
-def dataset_vocabulary(config: Mapping[str, Any], dataset: Mapping[str, Any]) -> Vocabulary:
-    """Resolve a dataset's vocabulary; text.class_prompts / text.background_words override the defaults."""
+def dataset_vocabulary(dataset: Mapping[str, Any], text: Mapping[str, Any] | None = None) -> Vocabulary:
+    """Resolve a dataset's vocabulary; a method's text.class_prompts / text.background_words override the defaults."""
     kind = dataset["kind"]
     if kind == "demo":
-        from wsss.demo_world import DEMO_BACKGROUNDS, DEMO_CLASSES
+        from wsss.demo.world import DEMO_BACKGROUNDS, DEMO_CLASSES
 
         classes, prompts, background = list(DEMO_CLASSES), list(DEMO_CLASSES), list(DEMO_BACKGROUNDS)
     elif kind in ("voc", "coco"):
@@ -36,7 +36,7 @@ def dataset_vocabulary(config: Mapping[str, Any], dataset: Mapping[str, Any]) ->
         prompts, background = list(classes), []
     else:
         raise ValueError(f"dataset.kind: unknown dataset kind {kind!r}")
-    text = config.get("text", {})
+    text = text or {}
     prompts = text.get("class_prompts") or prompts
     background = text.get("background_words", background)
     if len(prompts) != len(classes):

@@ -15,6 +15,8 @@ from typing import Any
 import pandas as pd
 from PIL import Image
 
+from wsss.atomic import atomic_output
+
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["image_id", "image_path", "height", "width", "labels", "gt_path", "skip_reason"]
@@ -291,14 +293,8 @@ def build_manifest(dataset: Mapping[str, Any], split: str, classes: Sequence[str
 
 def write_manifest(table: pd.DataFrame, path: str | os.PathLike) -> None:
     """Write a manifest as TSV atomically (temporary name, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_output(path) as tmp:
         table.to_csv(tmp, sep="\t", index=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_manifest(path: str | os.PathLike) -> pd.DataFrame:

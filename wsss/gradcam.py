@@ -8,15 +8,14 @@ from typing import Optional, Sequence
 import torch
 from open_clip.model import CLIP
 
-from .clip_model import (
+from .clip.factory import model_dtype, patch_size
+from .clip.transformer import (
     AttentionParts,
     add_head_sum,
     attention_parts,
     embedding_from_attention_output,
     encode_image_tokens,
     image_embedding_from_last_block,
-    model_dtype,
-    patch_size,
 )
 
 __all__ = [

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -16,30 +15,29 @@ import h5py
 import numpy as np
 
 from wsss import __version__
+from wsss.atomic import atomic_output
+from wsss.digests import canonical_json, file_digest, params_digest
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "canonical_json",
+    "params_digest",
+    "file_digest",
+    "normalise_locking",
+    "write_stage",
+    "open_stage",
+    "provenance",
+    "put_image",
+    "get_image",
+    "image_ids",
+    "iter_images",
+    "set_image_order",
+]
 
 Locking = bool | str | None
 
 SCHEMA_VERSION = 1
 _PROVENANCE_KEYS = ("wsss_version", "schema_version", "stage", "params_digest", "params_json", "input_digests")
-
-
-def canonical_json(value: Any) -> str:
-    """Serialise a parameter structure deterministically (sorted keys, no whitespace)."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
-
-
-def params_digest(params: Mapping[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of a stage's parameters."""
-    return hashlib.sha256(canonical_json(params).encode()).hexdigest()
-
-
-def file_digest(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
-    """SHA-256 of a file's bytes."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk_size):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def normalise_locking(locking: Locking) -> bool | str | None:
@@ -77,27 +75,22 @@ def write_stage(
     A job killed or failing inside the block leaves no file at ``path``: readers never see a
     half-written shard, and Snakemake sees the output as missing.
     """
-    final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    handle = h5py.File(tmp, "w", locking=normalise_locking(locking))
-    try:
-        attrs = handle.attrs
-        attrs["wsss_version"] = __version__
-        attrs["schema_version"] = SCHEMA_VERSION
-        attrs["stage"] = stage
-        attrs["params_json"] = canonical_json(params)
-        attrs["params_digest"] = params_digest(params)
-        attrs["input_digests"] = canonical_json({str(p): file_digest(p) for p in inputs})
-        attrs["environment"] = canonical_json(_environment())
-        attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        yield handle
-        handle.close()
-        os.replace(tmp, final)
-    except BaseException:
-        handle.close()
-        tmp.unlink(missing_ok=True)
-        raise
+    with atomic_output(path) as tmp:
+        handle = h5py.File(tmp, "w", locking=normalise_locking(locking))
+        try:
+            attrs = handle.attrs
+            attrs["wsss_version"] = __version__
+            attrs["schema_version"] = SCHEMA_VERSION
+            attrs["stage"] = stage
+            attrs["params_json"] = canonical_json(params)
+            attrs["params_digest"] = params_digest(params)
+            attrs["input_digests"] = canonical_json({str(p): file_digest(p) for p in inputs})
+            attrs["environment"] = canonical_json(_environment())
+            attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            yield handle
+        finally:
+            # closed before the rename on success, and before the removal on failure
+            handle.close()
 
 
 def open_stage(path: str | os.PathLike, locking: Locking = None) -> h5py.File:
@@ -156,6 +149,14 @@ def image_ids(handle: h5py.File) -> list[str]:
     if order is not None:
         return [str(x) for x in json.loads(order)]
     return sorted(handle.keys())
+
+
+def iter_images(paths: Sequence[str | os.PathLike], locking: Locking = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Yield (image id, stored arrays and attributes) over a list of stage files, one image at a time."""
+    for path in paths:
+        with open_stage(path, locking) as handle:
+            for image_id in image_ids(handle):
+                yield image_id, get_image(handle, image_id)
 
 
 def set_image_order(handle: h5py.File, ids: Sequence[str]) -> None:

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from wsss.atomic import atomic_output, write_text_atomic
 from wsss.palette import voc_palette
 
 MASK_DIR = "SegmentationClassPseudo"
@@ -26,28 +25,14 @@ def _check_labels(labels: np.ndarray, where: str) -> np.ndarray:
     return labels
 
 
-def _atomic_write(path: Path, write) -> None:
-    """Call write(tmp_path) on a temporary file in path's folder, then rename it onto path."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        # os.replace is atomic within one file system, so readers never see a half-written file.
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-
-
 def save_label_png(path: str | os.PathLike, labels: np.ndarray) -> None:
     """Write a uint8 label map as a VOC-palette (mode "P") PNG, atomically; values (255 included) are kept as indices."""
     path = Path(path)
     labels = _check_labels(labels, f"label map for {path}")
     image = Image.fromarray(np.ascontiguousarray(labels))  # mode "L": the values as they are
     image.putpalette(voc_palette())  # turns the "L" image into "P" without touching the values
-    _atomic_write(path, lambda tmp: image.save(tmp, format="PNG"))
+    with atomic_output(path) as tmp:
+        image.save(tmp, format="PNG")
 
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
@@ -112,14 +97,9 @@ def export_layout(
     slash = "/" if leading_slash else ""
     lines = "".join(f"{slash}{IMAGE_DIR}/{i}.jpg {slash}{MASK_DIR}/{i}.png\n" for i in ids)
     list_path = out / LIST_DIR / f"{split}.txt"
-    _write_text(list_path, lines)
-    _write_text(out / LIST_DIR / f"{split}_ids.txt", "".join(f"{i}\n" for i in ids))
+    write_text_atomic(list_path, lines)
+    write_text_atomic(out / LIST_DIR / f"{split}_ids.txt", "".join(f"{i}\n" for i in ids))
     return list_path
-
-
-def _write_text(path: Path, text: str) -> None:
-    """Write a text file atomically."""
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text, encoding="utf-8"))
 
 
 def _link_images(out: Path, image_dir: Path) -> None:

@@ -4,23 +4,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
+
+from wsss.atomic import atomic_output, write_text_atomic
 
 METRIC_COLUMNS = ["method", "stage", "split", "metric", "value"]
 
 
 def _atomic_csv(table: pd.DataFrame, path: str | os.PathLike) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    """Write a table as CSV (floats to 6 significant digits) atomically."""
+    with atomic_output(path) as tmp:
         table.to_csv(tmp, index=False, float_format="%.6g")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def write_metrics(path: str | os.PathLike, rows: Iterable[Mapping[str, object]]) -> pd.DataFrame:
@@ -62,10 +58,7 @@ def summarize(metric_files: Sequence[str | os.PathLike], csv_path: str | os.Path
         values = dict(zip(group["metric"], group["value"]))
         cells = [_format(values.get(metric)) for metric in _metric_order(table)]
         lines.append(f"| {method} | {stage} | {split} | " + " | ".join(cells) + " |")
-    md_path = Path(md_path)
-    tmp = md_path.with_name(f".{md_path.name}.tmp-{os.getpid()}")
-    tmp.write_text("\n".join(lines) + "\n")
-    os.replace(tmp, md_path)
+    write_text_atomic(md_path, "\n".join(lines) + "\n")
     return table
 
 

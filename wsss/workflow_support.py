@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from typing import Any
 
 from wsss.datasets import split_ids
+from wsss.digests import params_digest
+from wsss.methods import resolve_methods
 from wsss.shards import shard_names
 
 
@@ -25,6 +27,33 @@ _REQUIRED_DATASET_KEYS = {
 _DEMO_SPLITS = {"train": "n_train", "val": "n_val", "clip_pretrain": "n_clip"}
 
 
+# Sections of the single-method layout, and where their settings live now.
+_MOVED_KEYS = {
+    "method": "methods: (named instances, e.g. methods: {clip_es: {kind: clip_es}})",
+    "text": "methods.<instance>.text",
+    "cam": "methods.<instance>.cam",
+    "caa": "methods.<instance>.caa",
+    "crf": "methods.<instance>.pseudo_masks.crf (confidence_threshold: methods.<instance>.pseudo_masks; "
+    "the test-time CRF: segmenter.predict.crf)",
+}
+
+
+def check_legacy_keys(config: Mapping[str, Any]) -> None:
+    """Name the new home of settings written for the single-method layout, before the schema rejects them."""
+    for key, home in _MOVED_KEYS.items():
+        if key in config:
+            raise ConfigError(f"config key {key!r} has moved: its settings now go under {home}")
+    flat = sorted(set(config.get("segmenter") or {}) - {"train", "predict"})
+    if flat:
+        raise ConfigError(f"segmenter.{flat[0]}: segmenter settings now sit under segmenter.train "
+                          "(training) and segmenter.predict (scales, flip, crf)")
+
+
+def text_key(clip: Mapping[str, Any], text: Mapping[str, Any]) -> str:
+    """Folder name of the text features for these CLIP and text settings (equal settings share one file)."""
+    return params_digest({"clip": dict(clip), "text": dict(text)})[:12]
+
+
 def check_config(config: Mapping[str, Any]) -> None:
     """Checks the JSON schema cannot express; raise ConfigError naming the key."""
     dataset = config["dataset"]
@@ -39,9 +68,6 @@ def check_config(config: Mapping[str, Any]) -> None:
             split = config["splits"].get(key)
             if split is not None and split not in _DEMO_SPLITS:
                 raise ConfigError(f"splits.{key}: the demo world has splits {sorted(_DEMO_SPLITS)}, not {split!r}")
-    template = config.get("text", {}).get("template", "a clean origami {}.")
-    if template != "auto" and "{}" not in template:
-        raise ConfigError(f"text.template must contain '{{}}' or be 'auto', got {template!r}")
     if config["clip"]["model"] == "demo" and config["clip"].get("pretrained"):
         raise ConfigError("clip.pretrained must be null when clip.model is 'demo' (the pipeline trains it)")
     if config["clip"]["model"] != "demo" and not config["clip"].get("pretrained"):
@@ -49,9 +75,31 @@ def check_config(config: Mapping[str, Any]) -> None:
             f"clip.pretrained is required for clip.model {config['clip']['model']!r}: "
             "an open_clip tag such as 'openai' or a local checkpoint path"
         )
-    layers = config.get("cam", {}).get("attn_layers", [-8, None])
-    if layers[0] is not None and layers[1] is not None and layers[0] >= layers[1] and layers[1] > 0:
-        raise ConfigError(f"cam.attn_layers {layers} selects no block")
+    demo_clip = config.get("demo_clip", {})
+    if config["clip"]["model"] == "demo" and demo_clip:
+        from wsss.demo.clip_settings import resolve_settings
+
+        try:
+            resolve_settings(demo_clip)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+    check_methods(config["methods"])
+
+
+def check_methods(instances: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+    """Resolve the method instances and check what the schema cannot; return the resolved settings."""
+    try:
+        methods = resolve_methods(instances)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    for name, method in methods.items():
+        template = method["text"]["template"]
+        if template != "auto" and "{}" not in template:
+            raise ConfigError(f"methods.{name}.text.template must contain '{{}}' or be 'auto', got {template!r}")
+        layers = method["cam"]["attn_layers"]
+        if layers[0] is not None and layers[1] is not None and layers[0] >= layers[1] and layers[1] > 0:
+            raise ConfigError(f"methods.{name}.cam.attn_layers {layers} selects no block")
+    return methods
 
 
 def dataset_settings(config: Mapping[str, Any], out_dir: str) -> dict[str, Any]:

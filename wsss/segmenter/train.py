@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 import random
 import time
 from collections.abc import Callable, Mapping
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from wsss.checkpoints import rng_state, save_checkpoint, set_rng_state
+from wsss.devices import default_device
 from wsss.segmenter.augment import NORMALISATIONS, augment, normalise
 from wsss.segmenter.deeplab import ARCHITECTURES, BN_MODES, base_model, build_deeplab, initialise
 from wsss.segmenter.losses import IGNORE_INDEX, LOSSES, segmentation_loss
@@ -237,42 +238,6 @@ class IterationBatches(torch.utils.data.Dataset):
 # ----------------------------------------------------------------------------------------------------
 
 
-def atomic_save(obj: object, path: Path) -> None:
-    """torch.save to a temporary file in the same directory, fsync, then rename over `path`."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _rng_state() -> dict:
-    """Global RNG states (torch CPU/CUDA, numpy, python) in a weights_only-loadable form."""
-    np_state = np.random.get_state()
-    return {
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)), *np_state[2:]],
-        "python": random.getstate(),
-    }
-
-
-def _set_rng_state(state: dict) -> None:
-    """Inverse of `_rng_state`."""
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    name, key, *rest = state["numpy"]
-    np.random.set_state((name, key.numpy().astype(np.uint32), *rest))
-    random.setstate(tuple(tuple(x) if isinstance(x, list) else x for x in state["python"]))
-
-
 def _check_resume_config(saved: Mapping, cfg: SegmenterConfig, path: Path) -> None:
     """Raise ValueError if the checkpoint was written by a run with a result-changing different config."""
     now = cfg.to_dict()
@@ -323,9 +288,7 @@ def train_segmenter(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_path, final_path = out_dir / CHECKPOINT_NAME, out_dir / FINAL_NAME
-    device = (
-        torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    )
+    device = default_device(device)
 
     torch.manual_seed(cfg.seed)
     np.random.seed(cfg.seed % 2**32)
@@ -367,12 +330,12 @@ def train_segmenter(
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
-        _set_rng_state(state["rng"])
+        set_rng_state(state["rng"])
         start = int(state["iteration"])
         log(f"resuming from {ckpt_path} at iteration {start}/{cfg.iterations}")
 
-    def save_checkpoint(iteration: int) -> None:
-        atomic_save(
+    def checkpoint(iteration: int) -> None:
+        save_checkpoint(
             {
                 "format": _FORMAT,
                 "config": cfg.to_dict(),
@@ -381,7 +344,7 @@ def train_segmenter(
                 "optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
-                "rng": _rng_state(),
+                "rng": rng_state(),
                 "dataset_len": len(dataset),
                 # the data order is a pure function of (seed, iteration); recorded for inspection
                 "data_order": {
@@ -435,7 +398,7 @@ def train_segmenter(
                 )
                 t0, window = time.perf_counter(), []
             if done % cfg.checkpoint_every == 0 or done == end:
-                save_checkpoint(done)
+                checkpoint(done)
             if callback is not None:
                 callback(done, {"loss": total, "lr": lr_used})
         start = end
@@ -443,7 +406,7 @@ def train_segmenter(
     if start < cfg.iterations:
         return ckpt_path
     if not final_path.is_file():
-        atomic_save(
+        save_checkpoint(
             {
                 "format": _FORMAT,
                 "config": cfg.to_dict(),

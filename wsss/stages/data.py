@@ -15,7 +15,7 @@ log = logging.getLogger(__name__)
 
 def generate_demo_world(out_dir: str | Path, world: Mapping[str, Any]) -> dict:
     """Generate the demo world into ``out_dir`` from the ``demo_world`` config section."""
-    from wsss.demo_world import generate_demo_world as generate
+    from wsss.demo.world import generate_demo_world as generate
 
     summary = generate(Path(out_dir), **dict(world))
     log.info("demo world written to %s: %s", out_dir, summary)
@@ -23,7 +23,6 @@ def generate_demo_world(out_dir: str | Path, world: Mapping[str, Any]) -> dict:
 
 
 def write_split_manifest(
-    config: Mapping[str, Any],
     dataset: Mapping[str, Any],
     split: str,
     out_path: str | Path,
@@ -31,7 +30,7 @@ def write_split_manifest(
     expected_rows: int,
 ) -> None:
     """Build and write one split's manifest, checking it has the row count the DAG was built with."""
-    vocabulary = dataset_vocabulary(config, dataset)
+    vocabulary = dataset_vocabulary(dataset)
     table = build_manifest(dataset, split, vocabulary.classes, on_unlabeled=on_unlabeled)
     if len(table) != expected_rows:
         raise DatasetError(

@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from wsss import cam_shards
 from wsss.classes import dataset_vocabulary
 from wsss.datasets import read_manifest
-from wsss.h5store import get_image, image_ids, open_stage
+from wsss.h5store import image_ids, iter_images, open_stage
 from wsss.crf import training_labels, upsample_cams
 from wsss.metrics import IGNORE, confusion_matrix, scores
 from wsss.tables import write_metrics, write_per_class
@@ -34,14 +35,6 @@ def cam_labels(cams: np.ndarray, keys: np.ndarray, size: tuple[int, int], alpha:
     background = (1.0 - full.max(axis=0, initial=0.0)) ** alpha
     values = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1])
     return values[np.argmax(np.concatenate([background[None], full]), axis=0)].astype(np.uint8)
-
-
-def iter_shard_images(paths: Sequence[str | Path], locking: Any = None) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Yield (image id, stored arrays) over a list of shard files, reading one image at a time."""
-    for path in paths:
-        with open_stage(path, locking) as handle:
-            for image_id in image_ids(handle):
-                yield image_id, get_image(handle, image_id)
 
 
 def _eval_targets(manifest_paths: Sequence[str | Path]) -> dict[str, dict[str, str]]:
@@ -72,9 +65,7 @@ def _rows_and_columns(method: str, stage: str, split: str, hist: np.ndarray, pre
 
 def evaluate_cams(
     cam_files: Sequence[str | Path],
-    caa_files: Sequence[str | Path],
     manifest_paths: Sequence[str | Path],
-    config: Mapping[str, Any],
     dataset: Mapping[str, Any],
     alphas: Sequence[float],
     method: str,
@@ -82,43 +73,35 @@ def evaluate_cams(
     per_class_path: str | Path,
     locking: Any = None,
 ) -> None:
-    """mIoU of initial, refined and ablation CAMs on each evaluated split, for every background exponent."""
-    classes = dataset_vocabulary(config, dataset).classes
+    """mIoU of every CAM map of a method's contract shards on each evaluated split, for every background exponent."""
+    classes = dataset_vocabulary(dataset).classes
     n_class = len(classes) + 1
     targets = _eval_targets(manifest_paths)
     hists: dict[tuple[str, str, float], np.ndarray] = {}
     found = {split: 0 for split in targets}
-
-    def accumulate(files: Sequence[str | Path], fields: Mapping[str, str], count: bool) -> None:
-        for image_id, stored in iter_shard_images(files, locking):
-            wanted = [split for split, ids in targets.items() if image_id in ids]
-            if not wanted:
-                continue
-            size = (int(stored["height"]), int(stored["width"]))
-            gt = None
-            for field, stage in fields.items():
-                if field not in stored:
-                    continue
-                for alpha in alphas:
-                    pred = cam_labels(stored[field], stored["keys"], size, alpha)
-                    for split in wanted:
-                        gt = read_gt(targets[split][image_id]) if gt is None else gt
-                        key = (stage, split, alpha)
-                        hists[key] = hists.get(key, 0) + confusion_matrix(gt, pred, n_class)
-            if count:
+    for image_id, stored in iter_images(cam_files, locking):
+        wanted = [split for split, ids in targets.items() if image_id in ids]
+        if not wanted:
+            continue
+        size = (int(stored["height"]), int(stored["width"]))
+        gt = None
+        for name in cam_shards.map_names(stored):
+            for alpha in alphas:
+                pred = cam_labels(stored[name], stored["keys"], size, alpha)
                 for split in wanted:
-                    found[split] += 1
-
-    accumulate(cam_files, {"cam": "cam", "cam_logit": "cam_gradcam_logit", "cam_softmax_nobg": "cam_softmax_no_bg"},
-               count=True)
-    accumulate(caa_files, {"cam": "cam_caa"}, count=False)
+                    gt = read_gt(targets[split][image_id]) if gt is None else gt
+                    key = (name, split, alpha)
+                    hists[key] = hists.get(key, 0) + confusion_matrix(gt, pred, n_class)
+        for split in wanted:
+            found[split] += 1
     for split, ids in targets.items():
         if found[split] != len(ids):
             raise ValueError(f"split {split!r}: {len(ids)} labelled images, but only {found[split]} have CAMs "
                              "(cam_eval splits must be subsets of splits.pseudo)")
     rows, columns = [], {}
     for (stage, split, alpha), hist in sorted(hists.items()):
-        stage_rows, stage_columns = _rows_and_columns(method, f"{stage}_alpha{alpha:g}", split, hist, f"{stage}_alpha{alpha:g}_")
+        name = f"{stage}_alpha{alpha:g}"
+        stage_rows, stage_columns = _rows_and_columns(method, name, split, hist, f"{name}_")
         rows += stage_rows
         columns.update(stage_columns)
         log.info("%s alpha=%g on %s: mIoU %.4f", stage, alpha, split, stage_rows[0]["value"])
@@ -129,7 +112,6 @@ def evaluate_cams(
 def evaluate_label_maps(
     files: Sequence[str | Path],
     manifest_paths: Sequence[str | Path],
-    config: Mapping[str, Any],
     dataset: Mapping[str, Any],
     method: str,
     stage_fields: Mapping[str, str],
@@ -143,14 +125,14 @@ def evaluate_label_maps(
     With a confidence threshold (pseudo masks), also report the ignored fraction and the accuracy of
     confident pixels against all pixels.
     """
-    classes = dataset_vocabulary(config, dataset).classes
+    classes = dataset_vocabulary(dataset).classes
     n_class = len(classes) + 1
     targets = _eval_targets(manifest_paths)
     hists: dict[tuple[str, str], np.ndarray] = {}
     confident = {split: np.zeros(2, dtype=np.int64) for split in targets}  # (correct, total) on confident pixels
     ignored = {split: np.zeros(2, dtype=np.int64) for split in targets}  # (ignored, scored) pixels
     found = {split: 0 for split in targets}
-    for image_id, stored in iter_shard_images(files, locking):
+    for image_id, stored in iter_images(files, locking):
         wanted = [split for split, ids in targets.items() if image_id in ids]
         if not wanted:
             continue
@@ -192,7 +174,6 @@ def evaluate_label_maps(
 def evaluate_predictions(
     prediction_files: Sequence[str | Path],
     manifest_path: str | Path,
-    config: Mapping[str, Any],
     dataset: Mapping[str, Any],
     method: str,
     metrics_path: str | Path,
@@ -204,7 +185,7 @@ def evaluate_predictions(
     with open_stage(prediction_files[0], locking) as handle:
         first = handle[image_ids(handle)[0]]
         fields = {"labels": "segmenter", **({"labels_crf": "segmenter_crf"} if "labels_crf" in first else {})}
-    evaluate_label_maps(prediction_files, [manifest_path], config, dataset, method, fields, metrics_path,
+    evaluate_label_maps(prediction_files, [manifest_path], dataset, method, fields, metrics_path,
                         per_class_path, locking=locking)
     import pandas as pd
 

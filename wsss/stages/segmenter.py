@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -14,18 +13,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from wsss.atomic import atomic_output
 from wsss.crf import CrfConfig, crf_image, dense_crf, training_labels, unary_from_probabilities
 from wsss.datasets import read_manifest
+from wsss.devices import default_device
 from wsss.h5store import file_digest, image_ids, normalise_locking, params_digest, open_stage, put_image, set_image_order, write_stage
 from wsss.segmenter.predict import predict_probs
 from wsss.segmenter.train import SegmenterConfig, load_segmenter, train_segmenter
 from wsss.shards import shard_rows
-from wsss.stages.crf import crf_config
+from wsss.stages.pseudo_masks import crf_config, recipe_threshold
 
 log = logging.getLogger(__name__)
-
-# Keys of the config's segmenter section that belong to prediction, not to training.
-TEST_KEYS = ("test_scales", "test_flip", "test_crf")
 
 
 def load_rgb(path: str | Path) -> np.ndarray:
@@ -68,26 +66,25 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
         return state
 
 
-def segmenter_config(section: Mapping[str, Any], n_classes: int, seed: int) -> SegmenterConfig:
-    """Training settings from the config's ``segmenter:`` section (test-time keys removed)."""
-    train_part = {k: v for k, v in section.items() if k not in TEST_KEYS}
-    train_part.setdefault("seed", seed)
-    return SegmenterConfig.from_dict({**train_part, "n_classes": n_classes})
+def segmenter_config(train: Mapping[str, Any], n_classes: int, seed: int) -> SegmenterConfig:
+    """Training settings from the config's ``segmenter.train`` section (the run's seed unless it sets one)."""
+    return SegmenterConfig.from_dict({"seed": seed, **train, "n_classes": n_classes})
 
 
 def run_training(
     manifest_path: str | Path,
     crf_files: Sequence[str | Path],
-    section: Mapping[str, Any],
+    train: Mapping[str, Any],
     n_classes: int,
-    threshold: float,
+    pseudo_masks: Mapping[str, Any],
     seed: int,
     checkpoint_dir: str | Path,
     out_path: str | Path,
     locking: Any = None,
 ) -> None:
     """Train (resuming from ``checkpoint_dir`` if a checkpoint is there) and publish the final weights."""
-    cfg = segmenter_config(section, n_classes, seed)
+    cfg = segmenter_config(train, n_classes, seed)
+    threshold = recipe_threshold(pseudo_masks)
     dataset = PseudoMaskDataset(manifest_path, crf_files, threshold, locking)
     # Resume only a run with identical settings and pseudo masks: the folder is named by their digest.
     run_key = params_digest({"config": cfg.to_dict(), "threshold": threshold,
@@ -96,10 +93,8 @@ def run_training(
     log.info("training %s on %d pseudo masks for %d iterations in %s", cfg.backbone, len(dataset),
              cfg.iterations, run_dir)
     final = train_segmenter(dataset, cfg, run_dir, log=log.info)
-    out_path = Path(out_path)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    shutil.copyfile(final, tmp)
-    os.replace(tmp, out_path)
+    with atomic_output(out_path) as tmp:
+        shutil.copyfile(final, tmp)
 
 
 def crf_labels(image_rgb: np.ndarray, probs: np.ndarray, cfg: CrfConfig) -> np.ndarray:
@@ -113,21 +108,19 @@ def run_prediction(
     manifest_path: str | Path,
     shard: str,
     shard_size: int,
-    section: Mapping[str, Any],
-    crf_section: Mapping[str, Any],
+    predict: Mapping[str, Any],
     out_path: str | Path,
     locking: Any = None,
 ) -> None:
     """Predict one shard of a split: multi-scale (+flip) probabilities, argmax, optional dense CRF."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = load_segmenter(model_path, device=device)
+    model = load_segmenter(model_path, device=default_device())
     normalisation = torch.load(model_path, map_location="cpu", weights_only=True)["config"]["normalisation"]
     table = shard_rows(read_manifest(manifest_path), shard, shard_size)
-    scales = tuple(section.get("test_scales", [1.0]))
-    flip = bool(section.get("test_flip", True))
-    use_crf = bool(section.get("test_crf", True))
-    crf = crf_config({**crf_section, "mode": "prob_unary"}) if use_crf else None
-    params = {"test_scales": list(scales), "test_flip": flip, "test_crf": use_crf, "crf": dict(crf_section)}
+    scales = tuple(predict["scales"])
+    flip = bool(predict["flip"])
+    crf_settings = {k: v for k, v in predict["crf"].items() if k != "enabled"}
+    crf = crf_config({**crf_settings, "mode": "prob_unary"}) if predict["crf"]["enabled"] else None
+    params = dict(predict)
     with write_stage(out_path, "predictions", params, inputs=[model_path, manifest_path], locking=locking) as out:
         for row in table.itertuples(index=False):
             image = load_rgb(row.image_path)
@@ -137,4 +130,5 @@ def run_prediction(
                 arrays["labels_crf"] = crf_labels(image, probs, crf)
             put_image(out, row.image_id, arrays, {"height": image.shape[0], "width": image.shape[1]})
         set_image_order(out, list(table["image_id"]))
-    log.info("predicted shard %s: %d images (scales %s, flip %s, crf %s)", shard, len(table), scales, flip, use_crf)
+    log.info("predicted shard %s: %d images (scales %s, flip %s, crf %s)", shard, len(table), scales, flip,
+             crf is not None)

@@ -1,4 +1,4 @@
-"""Compute settings for rule jobs: torch threads from the rule's `threads`, and a GPU slot per GPU job."""
+"""Torch devices and compute settings: the default device, and torch threads plus a GPU slot per rule job."""
 
 from __future__ import annotations
 
@@ -8,6 +8,15 @@ from contextlib import contextmanager
 import torch
 
 from wsss.gpu_slots import default_lock_dir, gpu_slot
+
+__all__ = ["default_device", "compute_job"]
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """The given device, else CUDA when available, else the CPU."""
+    if device is not None:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 @contextmanager

@@ -919,7 +919,7 @@ def _write_world(out: Path, seed: int, sizes: dict[str, int], min_size: int, max
         "background_images": bg_images,
     }
     world = {
-        "generator": "wsss.demo_world",
+        "generator": "wsss.demo.world",
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
         "classes": list(DEMO_CLASSES),

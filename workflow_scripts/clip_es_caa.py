@@ -1,8 +1,8 @@
-"""Rule caa: class-aware attention affinity refinement of one shard's CAMs."""
+"""Rule clip_es_caa: class-aware attention affinity refinement; writes the method contract shard."""
 
+from wsss.devices import compute_job
 from wsss.logs import logged
-from wsss.stages.devices import compute_job
-from wsss.stages.cams import run_caa
+from wsss.methods.clip_es.caa import run_caa
 
 with logged(snakemake.log[0]), compute_job(snakemake.threads):
     run_caa(

@@ -1,11 +1,11 @@
-"""Rule cams: softmax-GradCAM (initial CAMs) and the attention affinity input for one shard."""
+"""Rule clip_es_gradcam: softmax-GradCAM (initial CAMs) and the attention affinity input for one shard."""
 
+from wsss.devices import compute_job
 from wsss.logs import logged
-from wsss.stages.devices import compute_job
-from wsss.stages.cams import run_cams
+from wsss.methods.clip_es.gradcam import run_gradcam
 
 with logged(snakemake.log[0]), compute_job(snakemake.threads, snakemake.resources.get("gpu", 0)):
-    run_cams(
+    run_gradcam(
         snakemake.input.manifest,
         snakemake.wildcards.shard,
         snakemake.params.shard_size,

@@ -1,0 +1,67 @@
+# Shared tail, part 3: every instance's CAM maps, pseudo masks and segmenter scored against ground truth.
+# Each evaluation writes long-format rows (method, stage, split, metric, value) under {method}/tables/.
+
+
+rule evaluate_cams:
+    input:
+        cams=lambda wc: shard_files(f"{OUT}/{wc.method}/cams/{{split}}/{{shard}}.h5", PSEUDO_SPLIT),
+        manifests=expand(f"{OUT}/manifests/{{split}}.tsv", split=CAM_EVAL_SPLITS),
+    output:
+        metrics=f"{OUT}/{{method}}/tables/cams.csv",
+        per_class=f"{OUT}/{{method}}/tables/cams_per_class.csv",
+    log:
+        f"{OUT}/{{method}}/logs/evaluate_cams.log",
+    conda:
+        "../envs/wsss.yaml"
+    params:
+        alphas=config["evaluation"]["bg_alphas"],
+        dataset=settings(DATASET),
+        hdf5=settings(config["hdf5"]),
+        code=code_digest("evaluate_cams.py"),
+    script:
+        "../workflow_scripts/evaluate_cams.py"
+
+
+rule evaluate_pseudo_masks:
+    input:
+        crf=lambda wc: shard_files(f"{OUT}/{wc.method}/crf/{{split}}/{{shard}}.h5", PSEUDO_SPLIT),
+        manifests=expand(f"{OUT}/manifests/{{split}}.tsv", split=CAM_EVAL_SPLITS),
+    output:
+        metrics=f"{OUT}/{{method}}/tables/pseudo_masks.csv",
+        per_class=f"{OUT}/{{method}}/tables/pseudo_masks_per_class.csv",
+    log:
+        f"{OUT}/{{method}}/logs/evaluate_pseudo_masks.log",
+    conda:
+        "../envs/wsss.yaml"
+    params:
+        pseudo_masks=method_settings("pseudo_masks"),
+        dataset=settings(DATASET),
+        hdf5=settings(config["hdf5"]),
+        code=code_digest("evaluate_pseudo_masks.py"),
+    script:
+        "../workflow_scripts/evaluate_pseudo_masks.py"
+
+
+rule evaluate_segmenter:
+    input:
+        predictions=lambda wc: shard_files(
+            f"{OUT}/{wc.method}/predictions/{{split}}/{{shard}}.h5", EVAL_SPLIT
+        ),
+        manifest=f"{OUT}/manifests/{EVAL_SPLIT}.tsv",
+    output:
+        metrics=f"{OUT}/{{method}}/tables/segmenter.csv",
+        per_class=f"{OUT}/{{method}}/tables/segmenter_per_class.csv",
+        per_class_md=f"{OUT}/{{method}}/tables/segmenter_per_class.md",
+    log:
+        f"{OUT}/{{method}}/logs/evaluate_segmenter.log",
+    wildcard_constraints:
+        method=one_of(SEGMENTER_METHODS if EVAL_SPLIT else []),
+    conda:
+        "../envs/wsss.yaml"
+    params:
+        split=EVAL_SPLIT,
+        dataset=settings(DATASET),
+        hdf5=settings(config["hdf5"]),
+        code=code_digest("evaluate_segmenter.py"),
+    script:
+        "../workflow_scripts/evaluate_segmenter.py"

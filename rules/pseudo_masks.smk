@@ -1,0 +1,47 @@
+# Shared tail, part 1: a method's CAM shards become dense-CRF pseudo masks with confidence, by the
+# instance's own recipe (methods.<name>.pseudo_masks), and are exported as VOC-palette PNGs.
+
+
+rule crf:
+    input:
+        cams=f"{OUT}/{{method}}/cams/{{split}}/{{shard}}.h5",
+        manifest=f"{OUT}/manifests/{{split}}.tsv",
+    output:
+        f"{OUT}/{{method}}/crf/{{split}}/{{shard}}.h5",
+    log:
+        f"{OUT}/{{method}}/logs/crf/{{split}}/{{shard}}.log",
+    benchmark:
+        f"{OUT}/{{method}}/benchmarks/crf/{{split}}/{{shard}}.tsv"
+    conda:
+        "../envs/wsss.yaml"
+    threads: res("crf", "threads", 2)
+    resources:
+        mem_mb=lambda wc, attempt: res("crf", "mem_mb", 4000) * attempt,
+        runtime=res("crf", "runtime", 120),
+    params:
+        # the confidence threshold is applied downstream, so changing it does not rerun the CRF
+        crf=lambda wc: settings(METHODS[wc.method]["pseudo_masks"]["crf"]),
+        shard_size=config["shard_size"],
+        hdf5=settings(config["hdf5"]),
+        code=code_digest("crf.py"),
+    script:
+        "../workflow_scripts/crf.py"
+
+
+rule export_pseudo_masks:
+    input:
+        crf=lambda wc: shard_files(f"{OUT}/{wc.method}/crf/{{split}}/{{shard}}.h5", PSEUDO_SPLIT),
+        manifest=f"{OUT}/manifests/{PSEUDO_SPLIT}.tsv",
+    output:
+        masks=directory(f"{OUT}/{{method}}/pseudo_masks/{PSEUDO_SPLIT}/SegmentationClassPseudo"),
+        listing=f"{OUT}/{{method}}/pseudo_masks/{PSEUDO_SPLIT}/list.txt",
+    log:
+        f"{OUT}/{{method}}/logs/export_pseudo_masks.log",
+    conda:
+        "../envs/wsss.yaml"
+    params:
+        pseudo_masks=method_settings("pseudo_masks"),
+        hdf5=settings(config["hdf5"]),
+        code=code_digest("export_pseudo_masks.py"),
+    script:
+        "../workflow_scripts/export_pseudo_masks.py"

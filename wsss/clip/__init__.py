@@ -1,0 +1,1 @@
+"""CLIP for CLIP-ES: loading (``factory``), preprocessing (``transform``) and the image token path (``transformer``)."""

@@ -1,0 +1,32 @@
+"""The CLIP a config names: the pipeline's demo CLIP checkpoint, or open_clip / local weights."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from wsss.clip.factory import load_clip
+from wsss.clip.transform import image_stats
+from wsss.text_features import get_tokenizer
+
+
+def load_configured_clip(clip: Mapping[str, Any], checkpoint: Sequence[str | Path], device: torch.device):
+    """(model, tokenizer, mean, std) for the config's ``clip`` section; ``checkpoint`` is the demo CLIP file, if any."""
+    if clip["model"] == "demo":
+        from wsss.demo.clip import load_demo_clip
+
+        if len(checkpoint) != 1:
+            raise ValueError("clip.model 'demo' needs the demo CLIP checkpoint as the rule's clip input")
+        model = load_demo_clip(checkpoint[0], device)
+        info = torch.load(checkpoint[0], map_location="cpu", weights_only=False)
+        mean, std = tuple(info["image_mean"]), tuple(info["image_std"])
+        tokenizer = get_tokenizer("ViT-B-16", context_length=int(model.context_length))
+    else:
+        model = load_clip(clip["model"], clip["pretrained"], sha256=clip.get("sha256"), device=device,
+                          precision=clip.get("precision", "fp16"))
+        mean, std = image_stats(model)
+        tokenizer = get_tokenizer(clip["model"])
+    return model, tokenizer, mean, std

@@ -1,0 +1,21 @@
+"""Report stage: every instance's metric tables joined into one summary (CSV and Markdown)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+
+import pandas as pd
+
+from wsss.tables import summarize
+
+log = logging.getLogger(__name__)
+
+
+def write_summary(metric_files: Sequence[str | os.PathLike], csv_path: str | os.PathLike,
+                  md_path: str | os.PathLike) -> pd.DataFrame:
+    """Join the metric tables into summary.csv and summary.md (one row per method, stage and split)."""
+    table = summarize(metric_files, csv_path, md_path)
+    log.info("summary of %d tables: %d methods, %d rows", len(metric_files), table["method"].nunique(), len(table))
+    return table
