@@ -55,3 +55,17 @@ def test_metric_rows_and_summary(tmp_path):
     assert per_class.shape == (2, 2)
     with pytest.raises(ValueError, match="2 classes"):
         write_per_class(tmp_path / "pc.csv", ["background", "cat"], {"x": np.array([1.0])})
+
+
+def test_summary_puts_the_methods_side_by_side(tmp_path):
+    rows = [{"method": method, "stage": stage, "split": "train", "metric": metric, "value": value}
+            for method, stage, metric, value in [("clip_es", "cam_alpha1", "miou", 0.5),
+                                                 ("clip_es", "cam_alpha1", "fwiou", 0.7),
+                                                 ("clip_es", "segmenter", "miou", 0.55),
+                                                 ("clip_es_logit", "cam_alpha1", "miou", 0.4)]]
+    write_metrics(tmp_path / "a.csv", rows)
+    summarize([tmp_path / "a.csv"], tmp_path / "summary.csv", tmp_path / "summary.md")
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "| stage | split | clip_es | clip_es_logit |" in markdown
+    assert "| cam_alpha1 | train | 0.5000 | 0.4000 |" in markdown
+    assert "| segmenter | train | 0.5500 | – |" in markdown

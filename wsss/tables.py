@@ -48,7 +48,7 @@ def write_per_class(
 
 
 def summarize(metric_files: Sequence[str | os.PathLike], csv_path: str | os.PathLike, md_path: str | os.PathLike) -> pd.DataFrame:
-    """Concatenate metric CSVs into summary.csv and a Markdown table summary.md."""
+    """Concatenate metric CSVs into summary.csv, and summary.md: mIoU with the methods side by side, then every row."""
     frames = [pd.read_csv(p) for p in metric_files]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
     _atomic_csv(table, csv_path)
@@ -58,8 +58,22 @@ def summarize(metric_files: Sequence[str | os.PathLike], csv_path: str | os.Path
         values = dict(zip(group["metric"], group["value"]))
         cells = [_format(values.get(metric)) for metric in _metric_order(table)]
         lines.append(f"| {method} | {stage} | {split} | " + " | ".join(cells) + " |")
-    write_text_atomic(md_path, "\n".join(lines) + "\n")
+    side_by_side = miou_by_method(table)
+    write_text_atomic(md_path, side_by_side + "\n\nAll metrics:\n\n" + "\n".join(lines) + "\n")
     return table
+
+
+def miou_by_method(table: pd.DataFrame) -> str:
+    """A Markdown table of mIoU: one row per (stage, split), one column per method ('–' where a method has none)."""
+    miou = table[table["metric"] == "miou"]
+    methods = list(dict.fromkeys(miou["method"]))
+    values = {(row.stage, row.split, row.method): row.value for row in miou.itertuples(index=False)}
+    lines = ["mIoU by method:", "", "| stage | split | " + " | ".join(methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for stage, split in dict.fromkeys(zip(miou["stage"], miou["split"])):
+        cells = [_format(values.get((stage, split, method))) for method in methods]
+        lines.append(f"| {stage} | {split} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def _metric_order(table: pd.DataFrame) -> list[str]:
