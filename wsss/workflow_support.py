@@ -83,7 +83,6 @@ def check_config(config: Mapping[str, Any]) -> None:
             resolve_settings(demo_clip)
         except ValueError as error:
             raise ConfigError(str(error)) from None
-    check_methods(config["methods"])
 
 
 def check_methods(instances: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
