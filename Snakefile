@@ -17,11 +17,13 @@ wildcard_constraints:
     split=r"[A-Za-z0-9_]+",
     method=one_of(METHODS),
     text_key=r"[0-9a-f]{12}",
+    key=r"[0-9a-f]{12}",
 
 
 include: "rules/data.smk"
 include: "rules/clip.smk"
 include: "rules/methods/clip_es.smk"
+include: "rules/methods/semples.smk"
 include: "rules/pseudo_masks.smk"
 include: "rules/segmenter.smk"
 include: "rules/evaluate.smk"

@@ -17,7 +17,9 @@ os.environ.update(
 from wsss import workflow_support as support
 from wsss.classes import dataset_vocabulary
 from wsss.methods import instances_of
+from wsss.methods.semples import class_names, final_stage, stage_keys
 from wsss.shards import SHARD_PATTERN
+from wsss.stages.pseudo_masks import crf_config
 from wsss.source_digest import source_digest
 
 # A config on the command line that states `methods:` replaces the default instances instead of
@@ -32,7 +34,7 @@ support.check_config(config)
 OUT = f"{config['output_root']}/{config['run']}"
 DATASET = support.dataset_settings(config, OUT)
 DATASET_CLASSES = dataset_vocabulary(DATASET).classes
-METHODS = support.check_methods(config["methods"])
+METHODS = support.check_methods(config["methods"], config["dataset"]["kind"])
 PSEUDO_SPLIT = config["splits"]["pseudo"]
 EVAL_SPLIT = config["splits"]["segmenter_eval"]
 CAM_EVAL_SPLITS = config["splits"]["cam_eval"]
@@ -44,8 +46,12 @@ SHARDS = {
 GPU = 1 if config["resources"]["gpu_rules_use_gpu"] else 0
 # Instances whose text settings are equal share one text-feature file, keyed by their digest.
 TEXT_KEYS = {
-    name: support.text_key(config["clip"], method["text"]) for name, method in METHODS.items()
+    name: support.text_key(config["clip"], METHODS[name]["text"])
+    for name in instances_of(METHODS, "clip_es")
 }
+# Instances that choose a setting on ground truth; their rows are marked oracle in the summary.
+ORACLE_METHODS = {name for name, method in METHODS.items() if method.get("gt_select")}
+support.check_oracles(ORACLE_METHODS, METHODS, CAM_EVAL_SPLITS)
 SEGMENTER_METHODS = sorted(name for name, method in METHODS.items() if method["segmenter"])
 
 
@@ -77,6 +83,18 @@ def dataset_input(wildcards=None):
 def clip_input(wildcards=None):
     """The demo CLIP checkpoint when the pipeline trains it, nothing for open_clip tags and local weights."""
     return [f"{OUT}/clip/demo_clip.pt"] if USES_DEMO_CLIP else []
+
+
+def label_unary(method):
+    """Whether an instance's pseudo-mask recipe refines thresholded label seeds (SemPLeS) rather than probabilities."""
+    return crf_config(METHODS[method]["pseudo_masks"]["crf"]).mode == "label_unary"
+
+
+def oracle_threshold_input(wildcards):
+    """The background threshold chosen on ground truth, for gt_select instances."""
+    if wildcards.method in ORACLE_METHODS:
+        return [f"{OUT}/{wildcards.method}/tables/oracle_threshold.json"]
+    return []
 
 
 def text_features_of(wildcards):
@@ -136,3 +154,56 @@ def settings(value):
     if isinstance(value, dict):
         return {key: settings(value[key]) for key in sorted(value)}
     return value
+
+
+# SemPLeS training stages: shared between instances whose settings up to that stage are equal.
+SEMPLES_TRAINING = f"{OUT}/training/semples"
+SEMPLES_KEYS = {
+    name: stage_keys(METHODS[name], {"split": PSEUDO_SPLIT, "classes": list(DATASET_CLASSES)})
+    for name in instances_of(METHODS, "semples")
+}
+
+
+def semples_instance(stage, key):
+    """Settings of the first SemPLeS instance whose `stage` has this key (all such instances agree)."""
+    name = next(name for name in sorted(SEMPLES_KEYS) if SEMPLES_KEYS[name].get(stage) == key)
+    return name, METHODS[name]
+
+
+def semples_model(stage, name):
+    """The trained model file of one of an instance's stages."""
+    return f"{SEMPLES_TRAINING}/{stage}/{SEMPLES_KEYS[name][stage]}/model.pt"
+
+
+def semples_params(stage):
+    """Params of a training stage: the resolved settings of an instance with this key, keys sorted."""
+    return lambda wc: settings(semples_instance(stage, wc.key)[1])
+
+
+def semples_class_names(stage):
+    """Params of a training stage: the class names in its CLIP text."""
+    method = lambda wc: semples_instance(stage, wc.key)[1]
+    return lambda wc: class_names(method(wc), DATASET["kind"], DATASET_CLASSES)
+
+
+def critic_input(stage):
+    """The demo CLIP checkpoint when the critic is the demo CLIP (phase 1: only to start from its tower)."""
+
+    def files(wc):
+        method = semples_instance(stage, wc.key)[1]
+        if stage == "phase1" and method["weaktr"]["init"] != "critic":
+            return []
+        return [f"{OUT}/clip/demo_clip.pt"] if method["critic"]["model"] == "demo" else []
+
+    return files
+
+
+def deit_input(wc):
+    """The local DeiT checkpoint phase 1 starts from (weaktr.init deit)."""
+    weaktr = semples_instance("phase1", wc.key)[1]["weaktr"]
+    return [weaktr["checkpoint"]] if weaktr["init"] == "deit" else []
+
+
+def stage_key_pattern(stage):
+    """A wildcard pattern matching the keys of one training stage over all SemPLeS instances."""
+    return one_of({keys[stage] for keys in SEMPLES_KEYS.values() if stage in keys})

@@ -6,6 +6,7 @@ rule evaluate_cams:
     input:
         cams=lambda wc: shard_files(f"{OUT}/{wc.method}/cams/{{split}}/{{shard}}.h5", PSEUDO_SPLIT),
         manifests=expand(f"{OUT}/manifests/{{split}}.tsv", split=CAM_EVAL_SPLITS),
+        oracle_threshold=oracle_threshold_input,
     output:
         metrics=f"{OUT}/{{method}}/tables/cams.csv",
         per_class=f"{OUT}/{{method}}/tables/cams_per_class.csv",
@@ -14,7 +15,13 @@ rule evaluate_cams:
     conda:
         "../envs/wsss.yaml"
     params:
-        alphas=config["evaluation"]["bg_alphas"],
+        # CLIP-ES recipes score (1 - max)^alpha backgrounds; label-unary recipes (SemPLeS) their fixed threshold
+        alphas=lambda wc: [] if label_unary(wc.method) else config["evaluation"]["bg_alphas"],
+        thresholds=lambda wc: (
+            [crf_config(METHODS[wc.method]["pseudo_masks"]["crf"]).bg_threshold]
+            if label_unary(wc.method)
+            else []
+        ),
         dataset=settings(DATASET),
         hdf5=settings(config["hdf5"]),
         code=code_digest("evaluate_cams.py"),
@@ -65,3 +72,24 @@ rule evaluate_segmenter:
         code=code_digest("evaluate_segmenter.py"),
     script:
         "../workflow_scripts/evaluate_segmenter.py"
+
+
+# gt_select instances only (an oracle, never the default): the background threshold chosen on ground truth.
+rule select_oracle_threshold:
+    input:
+        cams=lambda wc: shard_files(f"{OUT}/{wc.method}/cams/{{split}}/{{shard}}.h5", PSEUDO_SPLIT),
+        manifests=expand(f"{OUT}/manifests/{{split}}.tsv", split=CAM_EVAL_SPLITS),
+    output:
+        f"{OUT}/{{method}}/tables/oracle_threshold.json",
+    log:
+        f"{OUT}/{{method}}/logs/select_oracle_threshold.log",
+    wildcard_constraints:
+        method=one_of(ORACLE_METHODS),
+    conda:
+        "../envs/wsss.yaml"
+    params:
+        dataset=settings(DATASET),
+        hdf5=settings(config["hdf5"]),
+        code=code_digest("select_oracle_threshold.py"),
+    script:
+        "../workflow_scripts/select_oracle_threshold.py"

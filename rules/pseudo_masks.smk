@@ -6,6 +6,7 @@ rule crf:
     input:
         cams=f"{OUT}/{{method}}/cams/{{split}}/{{shard}}.h5",
         manifest=f"{OUT}/manifests/{{split}}.tsv",
+        oracle_threshold=oracle_threshold_input,
     output:
         f"{OUT}/{{method}}/crf/{{split}}/{{shard}}.h5",
     log:

@@ -12,6 +12,7 @@ rule summary:
     conda:
         "../envs/wsss.yaml"
     params:
+        oracle=sorted(ORACLE_METHODS),
         code=code_digest("summary.py"),
     script:
         "../workflow_scripts/summary.py"

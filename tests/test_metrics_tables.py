@@ -69,3 +69,15 @@ def test_summary_puts_the_methods_side_by_side(tmp_path):
     assert "| stage | split | clip_es | clip_es_logit |" in markdown
     assert "| cam_alpha1 | train | 0.5000 | 0.4000 |" in markdown
     assert "| segmenter | train | 0.5500 | – |" in markdown
+
+
+def test_summary_marks_every_row_of_an_oracle_instance(tmp_path):
+    rows = [{"method": method, "stage": "crf", "split": "train", "metric": "miou", "value": value}
+            for method, value in [("semples", 0.3), ("semples_gt", 0.35)]]
+    write_metrics(tmp_path / "a.csv", rows)
+    summarize([tmp_path / "a.csv"], tmp_path / "summary.csv", tmp_path / "summary.md", oracle_methods=["semples_gt"])
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert table.set_index("method")["oracle"].to_dict() == {"semples": False, "semples_gt": True}
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "| stage | split | semples | semples_gt (oracle) |" in markdown
+    assert "| semples_gt (oracle) | crf | train | 0.3500 |" in markdown

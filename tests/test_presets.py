@@ -77,3 +77,36 @@ def test_clip_es_defaults_are_the_official_settings():
     assert (crf.image_mode, crf.params.bilateral_sxy, crf.params.bilateral_srgb) == ("wrapped_bgr_mean", 67, 3)
     # SemPLeS's label-unary CRF has no 255 rule unless a recipe sets a threshold
     assert recipe_threshold({"crf": {"mode": "label_unary"}, "confidence_threshold": None}) == 0.0
+
+
+# SemPLeS presets: (lambda1, lambda2, lambda3), effective lr of stages a/b/c, AAF pooling, CAM scales, threshold
+SEMPLES_PRESETS = {
+    "voc": ((2.4, 0.02, 0.05), (6.4e-5, 0.025, 6.4e-5), ("max", 8), [1.0, 1.2], 0.43),
+    "coco": ((0.75, 0.01, 0.2), (3.2e-7, 2.5e-3, 2.4e-7), ("avg", 4), [1.0, 0.8, 1.2], 0.42),
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(SEMPLES_PRESETS))
+def test_semples_preset_runs_beside_clip_es_with_the_release_settings(dataset):
+    from wsss.methods.semples.train import Schedule
+
+    config = resolved(dataset)
+    extra = _load(REPO / "configs" / f"{dataset}_semples.yaml")
+    update_config(config, extra)
+    config["methods"] = {**config["methods"], **copy.deepcopy(extra["methods"])}
+    validate(config, str(REPO / "rules" / "schemas" / "config.schema.yaml"))
+    methods = resolve_methods(config["methods"])
+    assert sorted(methods) == ["clip_es", "semples"]
+    method = methods["semples"]
+    lambdas, lrs, aaf, scales, threshold = SEMPLES_PRESETS[dataset]
+    assert (method["match"]["lambda1"], method["prompts"]["lambda2"], method["refine"]["lambda3"]) == lambdas
+    for stage, lr in zip(("match", "prompts", "refine"), lrs):
+        assert Schedule.from_section(method[stage]).lr == pytest.approx(lr)
+    assert (method["weaktr"]["aaf_pool"], method["weaktr"]["aaf_reduction"]) == aaf
+    assert (method["weaktr"]["init"], method["weaktr"]["width"], method["weaktr"]["depth"]) == ("deit", 384, 12)
+    assert method["cam"] == {"scales": scales, "flip": True}
+    assert method["critic"]["model"] == "ViT-B-32" and method["prompts"]["length"] == 30
+    crf = method["pseudo_masks"]["crf"]
+    assert (crf["mode"], crf["bg_threshold"]) == ("label_unary", threshold)
+    assert method["gt_select"] is False and method["prompts"]["enabled"]
+    assert all(method[stage]["epochs"] == 60 for stage in ("phase1", "match", "prompts", "refine"))

@@ -25,10 +25,12 @@ pytestmark = pytest.mark.slurm
 
 # the tiny config's clip_es keeps its affinity (clip_es_gradcam_keep_affinity); clip_es_logit does not
 GPU_RULES = {"train_demo_clip", "text_features", "clip_es_gradcam", "clip_es_gradcam_keep_affinity",
-             "train_segmenter", "predict"}
+             "train_segmenter", "predict", "semples_phase1", "semples_match", "semples_prompts", "semples_refine",
+             "semples_cams"}
 CPU_RULES = {"generate_demo_world", "manifest", "clip_es_caa", "crf", "evaluate_cams", "export_pseudo_masks",
              "evaluate_pseudo_masks", "evaluate_segmenter"}
-COMPARED_STAGES = ("clip_es/gradcam", "clip_es/cams", "clip_es/crf", "clip_es/predictions", "clip_es_logit/cams")
+COMPARED_STAGES = ("clip_es/gradcam", "clip_es/cams", "clip_es/crf", "clip_es/predictions", "clip_es_logit/cams",
+                   "semples/cams", "semples/crf")
 
 
 def _cannot_start() -> str | None:

@@ -6,6 +6,7 @@ import yaml
 from tests.workflow_helpers import REPO, TINY, planned_jobs, planned_methods, snakemake, write_config
 
 ALL_RULES = {"generate_demo_world", "manifest", "train_demo_clip", "text_features", "clip_es_gradcam", "clip_es_caa",
+             "semples_phase1", "semples_match", "semples_prompts", "semples_refine", "semples_cams",
              "evaluate_cams", "crf", "export_pseudo_masks", "evaluate_pseudo_masks", "train_segmenter", "predict",
              "evaluate_segmenter", "summary", "all"}
 
@@ -16,14 +17,21 @@ def test_default_config_dry_run_lists_the_whole_dag_for_every_instance(tmp_path)
     assert set(jobs) == ALL_RULES
     demo = yaml.safe_load((REPO / "config.yaml").read_text())
     instances = set(demo["methods"])
+    kinds = {kind: {name for name, method in demo["methods"].items() if method["kind"] == kind}
+             for kind in ("clip_es", "semples")}
     with_segmenter = {name for name, method in demo["methods"].items() if method.get("segmenter", True)}
-    assert len(instances) >= 2 and "clip_es" in with_segmenter and instances - with_segmenter, \
-        "the demo runs clip_es through the whole tail and at least one ablation that stops at the pseudo masks"
+    assert {"clip_es", "semples"} <= with_segmenter and kinds["clip_es"] - with_segmenter, \
+        "the demo runs clip_es and semples through the whole tail, and ablations that stop at the pseudo masks"
+    assert kinds["semples"] - with_segmenter, "and SemPLeS's own stage-a-only ablation"
     n_shards = -(-demo["demo_world"]["n_train"] // demo["shard_size"])
-    assert jobs["clip_es_gradcam"] == jobs["clip_es_caa"] == jobs["crf"] == n_shards * len(instances)
+    assert jobs["clip_es_gradcam"] == jobs["clip_es_caa"] == n_shards * len(kinds["clip_es"])
+    assert jobs["semples_cams"] == n_shards * len(kinds["semples"])
+    assert jobs["crf"] == n_shards * len(instances)
     assert jobs["predict"] == -(-demo["demo_world"]["n_val"] // demo["shard_size"]) * len(with_segmenter)
     assert jobs["manifest"] == 2 and jobs["train_demo_clip"] == 1
     assert jobs["text_features"] == 1, "instances with equal text settings share one text-feature file"
+    # the ablation differs from semples only in skipping stages b and c: it shares phase 1 and stage a
+    assert (jobs["semples_phase1"], jobs["semples_match"], jobs["semples_prompts"], jobs["semples_refine"]) == (1, 1, 1, 1)
     methods = planned_methods(result)
     assert methods["crf"] == methods["evaluate_cams"] == instances
     assert methods["train_segmenter"] == with_segmenter
@@ -44,6 +52,14 @@ def test_a_config_with_methods_replaces_the_default_instances(tmp_path):
     assert default - tiny
     methods = planned_methods(snakemake(tmp_path, "-n"))
     assert methods["crf"] == tiny
+
+
+def test_gt_select_chooses_the_threshold_before_the_crf_and_marks_the_instance(tmp_path):
+    config = write_config(tmp_path / "oracle.yaml", methods={"semples": {"gt_select": True}})
+    result = snakemake(tmp_path, "-n", config=config)
+    assert planned_methods(result)["select_oracle_threshold"] == {"semples"}
+    assert "results/tiny/semples/tables/oracle_threshold.json" in result.stdout
+    assert "select_oracle_threshold" not in planned_jobs(snakemake(tmp_path, "-n")), "label-free by default"
 
 
 def test_segmenter_is_trained_without_an_evaluation_split(tmp_path):
@@ -113,6 +129,12 @@ def test_conda_env_file_travels_with_the_rules():
         ({"segmenter": {"test_flip": False}}, "segmenter.train"),
         ({"method": "clip-es"}, "methods:"),
         ({"crf": {"iters": 3}}, "pseudo_masks.crf"),
+        ({"methods": {"semples": {"weaktr": {"init": "deit"}}}}, "methods.semples.weaktr.checkpoint"),
+        ({"methods": {"semples": {"weaktr": {"init": "deit", "checkpoint": "no/such/deit.pth"}}}}, "no/such/deit.pth"),
+        ({"methods": {"semples": {"critic": {"model": "ViT-B-32", "pretrained": "missing/ViT-B-32.pt"}}}},
+         "methods.semples.critic.pretrained"),
+        ({"methods": {"semples": {"prompts": {"init": "zeros"}}}}, "zeros"),
+        ({"methods": {"semples": {"gt_select": True}}, "splits": {"cam_eval": []}}, "methods.semples.gt_select"),
     ],
 )
 def test_bad_config_fails_naming_the_key(tmp_path, changes, message):

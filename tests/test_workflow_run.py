@@ -16,6 +16,7 @@ from wsss.h5store import get_image, image_ids, open_stage, provenance
 RUN = "results/tiny"
 ES = f"{RUN}/clip_es"  # the instance with the whole tail (and caa.keep_affinity)
 ABLATION = f"{RUN}/clip_es_logit"  # an instance that stops at the pseudo masks
+SEMPLES = f"{RUN}/semples"  # SemPLeS at toy size, also stopped at the pseudo masks
 UPSTREAM = {"generate_demo_world", "manifest", "train_demo_clip", "text_features"}
 
 
@@ -57,6 +58,29 @@ def test_every_stage_writes_its_documented_layout(tiny_run):
         assert get_image(handle, ids[0])["attention"].shape == (n_tokens, n_tokens)
     assert not (tiny_run / ABLATION / "affinity").exists()
     assert not (tiny_run / ABLATION / "segmenter").exists()
+
+
+def test_semples_writes_the_method_contract_and_its_training_stages(tiny_run):
+    with open_stage(tiny_run / SEMPLES / "cams/train/00000.h5") as handle:
+        ids = image_ids(handle)
+        stored = get_image(handle, ids[0])
+    # SemPLeS's maps are summed over scales and flips at image resolution, min-max normalised per class
+    assert stored["cam"].shape == (len(stored["keys"]), stored["height"], stored["width"])
+    assert np.allclose(stored["cam"].reshape(len(stored["keys"]), -1).max(axis=1), 1.0, atol=1e-4)
+    with open_stage(tiny_run / SEMPLES / "crf/train/00000.h5") as handle:
+        crf = get_image(handle, ids[0])
+    assert set(np.unique(crf["labels"])) <= {0, *(stored["keys"] + 1).tolist()} and 255 not in crf["labels"]
+    training = tiny_run / RUN / "training/semples"
+    for stage, name in (("phase1", "model.pt"), ("match", "model.pt"), ("prompts", "prompts.pt"),
+                        ("refine", "model.pt")):
+        (folder,) = (training / stage).iterdir()
+        assert (folder / name).is_file() and (folder / "checkpoints/loss_history.csv").is_file(), stage
+    (prompts,) = (training / "prompts").iterdir()
+    words = pd.read_csv(prompts / "nearest_words.csv")
+    assert list(words.columns) == ["class", "rank", "word", "cosine"] and len(words) == 6 * 5
+    summary = pd.read_csv(tiny_run / RUN / "tables/summary.csv")
+    stages = set(summary[summary["method"] == "semples"]["stage"])
+    assert {"cam_t0.43", "crf"} <= stages, stages
 
 
 def test_instances_differ_only_where_their_settings_do(tiny_run):
@@ -159,6 +183,13 @@ def test_confidence_threshold_is_applied_downstream_of_the_crf(tiny_run, tmp_pat
     jobs, _ = _scheduled(tiny_run, tmp_path, methods={"clip_es": {"pseudo_masks": {"confidence_threshold": 0.9}}})
     assert set(jobs) == {"export_pseudo_masks", "evaluate_pseudo_masks", "train_segmenter", "predict",
                          "evaluate_segmenter", "summary", "all"}
+
+
+def test_lambda3_reruns_stage_c_and_that_instance_only(tiny_run, tmp_path):
+    jobs, methods = _scheduled(tiny_run, tmp_path, methods={"semples": {"refine": {"lambda3": 0.2}}})
+    assert set(jobs) == {"semples_refine", "semples_cams", "crf", "evaluate_cams", "evaluate_pseudo_masks",
+                         "export_pseudo_masks", "summary", "all"}, "not phase 1, stage a or b, nor CLIP-ES"
+    assert set().union(*methods.values()) == {"semples"}
 
 
 def test_segmenter_settings_rerun_only_their_own_rules(tiny_run, tmp_path):

@@ -15,4 +15,5 @@ if __name__ == "__main__":
             snakemake.output[0],
             workers=snakemake.threads,
             locking=snakemake.params.hdf5["locking"],
+            oracle_threshold=next(iter(snakemake.input.oracle_threshold), None),
         )

@@ -1,4 +1,4 @@
-"""Rule evaluate_cams: mIoU of every CAM map of a method's contract shards, for each background exponent."""
+"""Rule evaluate_cams: mIoU of every CAM map of a method's contract shards, for each background rule."""
 
 from wsss.logs import logged
 from wsss.stages.evaluate import evaluate_cams
@@ -13,4 +13,6 @@ with logged(snakemake.log[0]):
         snakemake.output.metrics,
         snakemake.output.per_class,
         locking=snakemake.params.hdf5["locking"],
+        thresholds=snakemake.params.thresholds,
+        oracle_threshold=next(iter(snakemake.input.oracle_threshold), None),
     )

@@ -4,4 +4,4 @@ from wsss.logs import logged
 from wsss.stages.report import write_summary
 
 with logged(snakemake.log[0]):
-    write_summary(list(snakemake.input), snakemake.output.csv, snakemake.output.md)
+    write_summary(list(snakemake.input), snakemake.output.csv, snakemake.output.md, snakemake.params.oracle)

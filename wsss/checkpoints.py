@@ -10,7 +10,13 @@ import torch
 
 from wsss.atomic import torch_save_atomic
 
-__all__ = ["rng_state", "set_rng_state", "save_checkpoint"]
+__all__ = ["mix_seed", "rng_state", "set_rng_state", "save_checkpoint"]
+
+
+def mix_seed(*values: int) -> int:
+    """A well-mixed 63-bit seed derived from integers (numpy SeedSequence)."""
+    state = np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(2, dtype=np.uint32)
+    return int((int(state[0]) << 31) ^ int(state[1])) & 0x7FFFFFFFFFFFFFFF
 
 
 def rng_state() -> dict:

@@ -8,7 +8,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["file_digest", "canonical_json", "params_digest"]
+__all__ = ["file_digest", "canonical_json", "params_digest", "check_sha256"]
 
 
 def canonical_json(value: Any) -> str:
@@ -28,3 +28,13 @@ def file_digest(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while block := handle.read(chunk_size):
             digest.update(block)
     return digest.hexdigest()
+
+
+def check_sha256(path: str | os.PathLike, expected: str) -> None:
+    """Raise ValueError naming the file and both digests unless its SHA-256 starts with ``expected`` (>= 8 hex)."""
+    expected = expected.strip().lower()
+    if len(expected) < 8 or any(c not in "0123456789abcdef" for c in expected):
+        raise ValueError(f"sha256 for {path} must be a hex digest (or a prefix of >= 8 hex digits), got {expected!r}")
+    actual = file_digest(path)
+    if not actual.startswith(expected):
+        raise ValueError(f"sha256 mismatch for {path}: expected {expected}, got {actual}")

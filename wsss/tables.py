@@ -47,11 +47,18 @@ def write_per_class(
     return table
 
 
-def summarize(metric_files: Sequence[str | os.PathLike], csv_path: str | os.PathLike, md_path: str | os.PathLike) -> pd.DataFrame:
-    """Concatenate metric CSVs into summary.csv, and summary.md: mIoU with the methods side by side, then every row."""
+def summarize(metric_files: Sequence[str | os.PathLike], csv_path: str | os.PathLike, md_path: str | os.PathLike,
+              oracle_methods: Sequence[str] = ()) -> pd.DataFrame:
+    """Concatenate metric CSVs into summary.csv, and summary.md: mIoU with the methods side by side, then every row.
+
+    Rows of ``oracle_methods`` (settings chosen on ground truth) get ``oracle`` true, and their method name
+    a trailing " (oracle)" in the Markdown.
+    """
     frames = [pd.read_csv(p) for p in metric_files]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
+    table["oracle"] = table["method"].isin(list(oracle_methods))
     _atomic_csv(table, csv_path)
+    table = table.assign(method=[f"{m} (oracle)" if o else m for m, o in zip(table["method"], table["oracle"])])
     lines = ["| method | stage | split | " + " | ".join(_metric_order(table)) + " |",
              "|---|---|---|" + "---|" * len(_metric_order(table))]
     for (method, stage, split), group in table.groupby(["method", "stage", "split"], sort=False):

@@ -6,6 +6,7 @@ Kept in the package (not in rules/common.smk) so they are unit-tested; nothing h
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from wsss.datasets import split_ids
@@ -85,20 +86,63 @@ def check_config(config: Mapping[str, Any]) -> None:
             raise ConfigError(str(error)) from None
 
 
-def check_methods(instances: Mapping[str, Any]) -> dict[str, dict[str, Any]]:
+def check_methods(instances: Mapping[str, Any], dataset_kind: str = "demo") -> dict[str, dict[str, Any]]:
     """Resolve the method instances and check what the schema cannot; return the resolved settings."""
     try:
         methods = resolve_methods(instances)
     except ValueError as error:
         raise ConfigError(str(error)) from None
     for name, method in methods.items():
-        template = method["text"]["template"]
-        if template != "auto" and "{}" not in template:
-            raise ConfigError(f"methods.{name}.text.template must contain '{{}}' or be 'auto', got {template!r}")
-        layers = method["cam"]["attn_layers"]
-        if layers[0] is not None and layers[1] is not None and layers[0] >= layers[1] and layers[1] > 0:
-            raise ConfigError(f"methods.{name}.cam.attn_layers {layers} selects no block")
+        if method["kind"] == "clip_es":
+            _check_clip_es(name, method)
+        elif method["kind"] == "semples":
+            _check_semples(name, method, dataset_kind)
     return methods
+
+
+def check_oracles(oracles: set[str], methods: Mapping[str, Any], cam_eval_splits: list[str] | None) -> None:
+    """gt_select needs ground truth to choose on and a threshold to choose (a label-unary recipe)."""
+    for name in sorted(oracles):
+        if not cam_eval_splits:
+            raise ConfigError(f"methods.{name}.gt_select needs splits.cam_eval (ground truth to choose the threshold on)")
+        if methods[name]["pseudo_masks"]["crf"].get("mode") != "label_unary":
+            raise ConfigError(f"methods.{name}.gt_select chooses the label-unary background threshold; "
+                              "its pseudo_masks.crf.mode must be label_unary")
+
+
+def _check_clip_es(name: str, method: Mapping[str, Any]) -> None:
+    template = method["text"]["template"]
+    if template != "auto" and "{}" not in template:
+        raise ConfigError(f"methods.{name}.text.template must contain '{{}}' or be 'auto', got {template!r}")
+    layers = method["cam"]["attn_layers"]
+    if layers[0] is not None and layers[1] is not None and layers[0] >= layers[1] and layers[1] > 0:
+        raise ConfigError(f"methods.{name}.cam.attn_layers {layers} selects no block")
+
+
+def _check_semples(name: str, method: Mapping[str, Any], dataset_kind: str) -> None:
+    """Weights a SemPLeS instance names must exist before any job starts."""
+    weaktr, critic = method["weaktr"], method["critic"]
+    if weaktr["init"] == "deit":
+        path = weaktr["checkpoint"]
+        if not path:
+            raise ConfigError(f"methods.{name}.weaktr.checkpoint: weaktr.init 'deit' needs a local DeiT-S checkpoint "
+                              "(deit_small_patch16_224-cd65a155.pth); it is never downloaded")
+        if not Path(path).is_file():
+            raise ConfigError(f"methods.{name}.weaktr.checkpoint: file not found: {path}")
+    if critic["model"] == "demo":
+        if dataset_kind != "demo":
+            raise ConfigError(f"methods.{name}.critic.model 'demo' needs the demo world (dataset.kind demo)")
+    elif not critic.get("pretrained"):
+        raise ConfigError(f"methods.{name}.critic.pretrained is required for critic model {critic['model']!r}")
+    elif _looks_like_path(critic["pretrained"]) and not Path(critic["pretrained"]).is_file():
+        raise ConfigError(f"methods.{name}.critic.pretrained: file not found: {critic['pretrained']}")
+    if "{}" not in method["text"]["template"]:
+        raise ConfigError(f"methods.{name}.text.template must contain '{{}}', got {method['text']['template']!r}")
+
+
+def _looks_like_path(text: str) -> bool:
+    """A pretrained value that names a file rather than an open_clip tag."""
+    return "/" in text or text.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
 def dataset_settings(config: Mapping[str, Any], out_dir: str) -> dict[str, Any]:

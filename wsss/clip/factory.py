@@ -14,7 +14,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP, convert_weights_to_lp, set_model_preprocess_cfg
 
 from wsss.devices import default_device
-from wsss.digests import file_digest
+from wsss.digests import check_sha256
 
 __all__ = [
     "build_clip",
@@ -114,16 +114,6 @@ def config_from_openai_state_dict(state_dict: dict, *, head_width: int = 64) -> 
     }
 
 
-def _check_sha256(path: Path, expected: str) -> None:
-    """Raise ValueError naming the file and both digests unless its sha256 starts with `expected`."""
-    expected = expected.strip().lower()
-    if len(expected) < 8 or any(c not in "0123456789abcdef" for c in expected):
-        raise ValueError(f"sha256 for {path} must be a hex digest (or a prefix of >= 8 hex digits), got {expected!r}")
-    actual = file_digest(path)
-    if not actual.startswith(expected):
-        raise ValueError(f"sha256 mismatch for {path}: expected {expected}, got {actual}")
-
-
 def _read_checkpoint(path: Path) -> tuple[dict, bool]:
     """Read a TorchScript archive or a torch.save'd state dict; return (state_dict, is_torchscript)."""
     try:
@@ -180,7 +170,7 @@ def load_clip(
         if not path.is_file():
             raise FileNotFoundError(f"CLIP weights file not found: {path}")
         if sha256:
-            _check_sha256(path, sha256)
+            check_sha256(path, sha256)
         state_dict, is_torchscript = _read_checkpoint(path)
         for key in _OPENAI_EXTRA_KEYS + _NON_PERSISTENT_KEYS:
             state_dict.pop(key, None)

@@ -13,12 +13,12 @@ import copy
 from collections.abc import Mapping
 from typing import Any
 
-from wsss.methods import clip_es
+from wsss.methods import clip_es, semples
 
-KINDS: dict[str, Mapping[str, Any]] = {"clip_es": clip_es.DEFAULTS}
+KINDS: dict[str, Mapping[str, Any]] = {"clip_es": clip_es.DEFAULTS, "semples": semples.DEFAULTS}
 
 # Folders of results/<run>/ that the shared upstream stages own; an instance cannot take their name.
-RESERVED_NAMES = frozenset({"benchmarks", "clip", "demo_world", "logs", "manifests", "tables", "text"})
+RESERVED_NAMES = frozenset({"benchmarks", "clip", "demo_world", "logs", "manifests", "tables", "text", "training"})
 
 
 def merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from wsss.checkpoints import rng_state, save_checkpoint, set_rng_state
+from wsss.checkpoints import mix_seed, rng_state, save_checkpoint, set_rng_state
 from wsss.devices import default_device
 from wsss.segmenter.augment import NORMALISATIONS, augment, normalise
 from wsss.segmenter.deeplab import ARCHITECTURES, BN_MODES, base_model, build_deeplab, initialise
@@ -152,12 +152,6 @@ def build_model(cfg: SegmenterConfig) -> nn.Module:
 # ----------------------------------------------------------------------------------------------------
 # Data: stateless order and augmentation
 # ----------------------------------------------------------------------------------------------------
-
-
-def mix_seed(*values: int) -> int:
-    """A well-mixed 63-bit seed derived from integers (numpy SeedSequence)."""
-    state = np.random.SeedSequence([int(v) & 0xFFFFFFFF for v in values]).generate_state(2, dtype=np.uint32)
-    return int((int(state[0]) << 31) ^ int(state[1])) & 0x7FFFFFFFFFFFFFFF
 
 
 def _as_sample(item: object, index: int) -> tuple[np.ndarray, np.ndarray, str]:

@@ -16,6 +16,7 @@ from wsss.datasets import read_manifest
 from wsss.h5store import image_ids, iter_images, open_stage
 from wsss.crf import training_labels, upsample_cams
 from wsss.metrics import IGNORE, confusion_matrix, scores
+from wsss.oracle import read_threshold, write_threshold
 from wsss.tables import write_metrics, write_per_class
 
 log = logging.getLogger(__name__)
@@ -29,12 +30,24 @@ def read_gt(path: str | Path) -> np.ndarray:
         return np.array(image)
 
 
-def cam_labels(cams: np.ndarray, keys: np.ndarray, size: tuple[int, int], alpha: float) -> np.ndarray:
-    """Label map from patch-resolution CAMs: bilinear upsampling, background (1 - max)^alpha, argmax."""
+def cam_labels(cams: np.ndarray, keys: np.ndarray, size: tuple[int, int], alpha: float | None = None,
+               threshold: float | None = None) -> np.ndarray:
+    """Label map from CAMs: bilinear upsampling, a background score ((1 - max)^alpha or a constant threshold), argmax."""
+    if (alpha is None) == (threshold is None):
+        raise ValueError("cam_labels needs exactly one of alpha (CLIP-ES) and threshold (SemPLeS)")
     full = upsample_cams(cams, size, faithful=True).astype(np.float32)
-    background = (1.0 - full.max(axis=0, initial=0.0)) ** alpha
+    if threshold is None:
+        background = (1.0 - full.max(axis=0, initial=0.0)) ** alpha
+    else:
+        background = np.full(full.shape[1:], threshold, dtype=np.float32)
     values = np.concatenate([[0], np.asarray(keys, dtype=np.int64) + 1])
     return values[np.argmax(np.concatenate([background[None], full]), axis=0)].astype(np.uint8)
+
+
+def background_rules(alphas: Sequence[float], thresholds: Sequence[float]) -> list[tuple[str, dict[str, float]]]:
+    """(stage suffix, cam_labels keyword) for each background rule a method is scored with."""
+    rules = [(f"alpha{alpha:g}", {"alpha": float(alpha)}) for alpha in alphas]
+    return rules + [(f"t{threshold:g}", {"threshold": float(threshold)}) for threshold in thresholds]
 
 
 def _eval_targets(manifest_paths: Sequence[str | Path]) -> dict[str, dict[str, str]]:
@@ -72,12 +85,21 @@ def evaluate_cams(
     metrics_path: str | Path,
     per_class_path: str | Path,
     locking: Any = None,
+    thresholds: Sequence[float] = (),
+    oracle_threshold: str | Path | None = None,
 ) -> None:
-    """mIoU of every CAM map of a method's contract shards on each evaluated split, for every background exponent."""
+    """mIoU of every CAM map of a method's contract shards on each evaluated split, for every background rule.
+
+    ``oracle_threshold`` (a file of :func:`select_threshold`) replaces ``thresholds`` by the one chosen on
+    ground truth.
+    """
+    if oracle_threshold is not None:
+        thresholds = [read_threshold(oracle_threshold)]
+    rules = background_rules(alphas, thresholds)
     classes = dataset_vocabulary(dataset).classes
     n_class = len(classes) + 1
     targets = _eval_targets(manifest_paths)
-    hists: dict[tuple[str, str, float], np.ndarray] = {}
+    hists: dict[tuple[str, str, str], np.ndarray] = {}
     found = {split: 0 for split in targets}
     for image_id, stored in iter_images(cam_files, locking):
         wanted = [split for split, ids in targets.items() if image_id in ids]
@@ -86,11 +108,11 @@ def evaluate_cams(
         size = (int(stored["height"]), int(stored["width"]))
         gt = None
         for name in cam_shards.map_names(stored):
-            for alpha in alphas:
-                pred = cam_labels(stored[name], stored["keys"], size, alpha)
+            for suffix, rule in rules:
+                pred = cam_labels(stored[name], stored["keys"], size, **rule)
                 for split in wanted:
                     gt = read_gt(targets[split][image_id]) if gt is None else gt
-                    key = (name, split, alpha)
+                    key = (name, split, suffix)
                     hists[key] = hists.get(key, 0) + confusion_matrix(gt, pred, n_class)
         for split in wanted:
             found[split] += 1
@@ -99,12 +121,12 @@ def evaluate_cams(
             raise ValueError(f"split {split!r}: {len(ids)} labelled images, but only {found[split]} have CAMs "
                              "(cam_eval splits must be subsets of splits.pseudo)")
     rows, columns = [], {}
-    for (stage, split, alpha), hist in sorted(hists.items()):
-        name = f"{stage}_alpha{alpha:g}"
+    for (stage, split, suffix), hist in sorted(hists.items()):
+        name = f"{stage}_{suffix}"
         stage_rows, stage_columns = _rows_and_columns(method, name, split, hist, f"{name}_")
         rows += stage_rows
         columns.update(stage_columns)
-        log.info("%s alpha=%g on %s: mIoU %.4f", stage, alpha, split, stage_rows[0]["value"])
+        log.info("%s on %s: mIoU %.4f", name, split, stage_rows[0]["value"])
     write_metrics(metrics_path, rows)
     write_per_class(per_class_path, ["background", *classes], columns)
 
@@ -196,3 +218,42 @@ def evaluate_predictions(
         cells = [row[0]] + [f"{100 * v:.1f}" if v == v else "–" for v in row[1:]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     Path(per_class_md_path).write_text("IoU (%) per class\n\n" + "\n".join(lines) + "\n")
+
+
+# The release's sweep of the background threshold against ground truth (SemPLeS spec §5.5, §7)
+ORACLE_THRESHOLDS = tuple(round(0.40 + 0.01 * i, 2) for i in range(20))
+
+
+def select_threshold(
+    cam_files: Sequence[str | Path],
+    manifest_paths: Sequence[str | Path],
+    dataset: Mapping[str, Any],
+    out_path: str | Path,
+    thresholds: Sequence[float] = ORACLE_THRESHOLDS,
+    locking: Any = None,
+) -> float:
+    """Oracle: the background threshold with the best final-CAM mIoU on the evaluated splits' ground truth.
+
+    As the release does, the sweep runs upwards and stops at the first threshold that scores lower than
+    the one before. Only for ``gt_select`` instances, whose results are then marked oracle.
+    """
+    n_class = len(dataset_vocabulary(dataset).classes) + 1
+    targets = _eval_targets(manifest_paths)
+    hists = {threshold: 0 for threshold in thresholds}
+    for image_id, stored in iter_images(cam_files, locking):
+        paths = [ids[image_id] for ids in targets.values() if image_id in ids]
+        if not paths:
+            continue
+        gt = read_gt(paths[0])
+        for threshold in thresholds:
+            pred = cam_labels(stored[cam_shards.FINAL_MAP], stored["keys"], gt.shape, threshold=threshold)
+            hists[threshold] = hists[threshold] + confusion_matrix(gt, pred, n_class)
+    swept: dict[float, float] = {}
+    for threshold in thresholds:
+        swept[threshold] = float(scores(hists[threshold])["miou"])
+        if len(swept) > 1 and swept[threshold] < list(swept.values())[-2]:
+            break
+    best = max(swept, key=lambda t: (swept[t], -t))
+    write_threshold(out_path, best, swept, sorted(targets))
+    log.info("oracle background threshold %.2f (mIoU %.4f) on %s", best, swept[best], sorted(targets))
+    return best

@@ -12,6 +12,7 @@ from wsss.crf import CrfConfig, crf_many, training_labels
 from wsss.datasets import read_manifest
 from wsss.h5store import image_ids, iter_images, open_stage, put_image, set_image_order, write_stage
 from wsss.masks_png import export_layout
+from wsss.oracle import read_threshold
 from wsss.shards import shard_rows
 
 log = logging.getLogger(__name__)
@@ -36,8 +37,15 @@ def run_crf(
     out_path: str | Path,
     workers: int = 1,
     locking: Any = None,
+    oracle_threshold: str | Path | None = None,
 ) -> None:
-    """Dense CRF over one shard's final CAMs (the contract's ``cam``); writes label maps and per-pixel confidence."""
+    """Dense CRF over one shard's final CAMs (the contract's ``cam``); writes label maps and per-pixel confidence.
+
+    ``oracle_threshold`` (gt_select instances) replaces the label-unary background threshold by the one
+    chosen on ground truth.
+    """
+    if oracle_threshold is not None:
+        section = {**section, "bg_threshold": read_threshold(oracle_threshold)}
     cfg = crf_config(section)
     table = shard_rows(read_manifest(manifest_path), shard, shard_size)
     paths = dict(zip(table["image_id"], table["image_path"]))

@@ -14,8 +14,8 @@ log = logging.getLogger(__name__)
 
 
 def write_summary(metric_files: Sequence[str | os.PathLike], csv_path: str | os.PathLike,
-                  md_path: str | os.PathLike) -> pd.DataFrame:
+                  md_path: str | os.PathLike, oracle_methods: Sequence[str] = ()) -> pd.DataFrame:
     """Join the metric tables into summary.csv and summary.md (one row per method, stage and split)."""
-    table = summarize(metric_files, csv_path, md_path)
+    table = summarize(metric_files, csv_path, md_path, oracle_methods)
     log.info("summary of %d tables: %d methods, %d rows", len(metric_files), table["method"].nunique(), len(table))
     return table

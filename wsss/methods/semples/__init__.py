@@ -1,0 +1,142 @@
+"""SemPLeS (WACV 2025) as a method kind: a WeakTr mask generator trained against a frozen CLIP critic.
+
+Steps, one module each (``../shared/docs/semples-spec.md``):
+
+- ``weaktr``: the mask generator (ViT with one class token per class, adaptive attention fusion,
+  conv CAM head, patch-affinity refinement) and its phase-1 classification losses;
+- ``prompts`` and ``losses``: learned background prompts in CLIP's text encoder, soft masks and the
+  three stage losses;
+- ``data``: training images and their augmentations;
+- ``train``: phase 1 and stages a (match), b (prompts) and c (refine), resumable after a kill;
+- ``cams``: multi-scale + flip inference into the method contract's CAM shards.
+
+Training stages are shared between instances whose settings up to that stage are equal: their
+folders are keyed by a digest of those settings (``stage_keys``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from wsss.digests import params_digest
+from wsss.methods.semples.class_names import BY_DATASET
+
+# The released code's VOC settings (spec §2, §5, §6, §7); an instance states only what differs.
+# lr is the release's --lr argument: the optimiser runs at lr * batch_size / 512 (spec §5.4).
+DEFAULTS: dict[str, Any] = {
+    "kind": "semples",
+    "segmenter": True,
+    "seed": 504,
+    "amp": True,  # autocast + GradScaler on CUDA; CPU always trains in fp32
+    "num_workers": 8,  # data-loader processes of the training stages
+    # The mask generator: DeiT-S geometry, initialised from a local DeiT-S ImageNet-1k checkpoint
+    # (deit_small_patch16_224-cd65a155.pth), never downloaded. init critic starts from the critic CLIP's
+    # image tower instead (its geometry, pre_norm true, norm_eps 1e-5); scratch from random weights.
+    "weaktr": {
+        "init": "deit",  # deit | critic | scratch
+        "checkpoint": None,
+        "sha256": None,
+        "image_size": 224,
+        "patch_size": 16,
+        "width": 384,
+        "depth": 12,
+        "heads": 6,
+        "mlp_ratio": 4.0,
+        "drop_path": 0.1,
+        "aaf_pool": "max",  # COCO: avg
+        "aaf_reduction": 8,  # COCO: 4
+        "pre_norm": False,
+        "norm_eps": 1.0e-6,
+    },
+    # WeakTr phase 1 on image-level labels; `checkpoint` names an existing phase-1 model instead.
+    "phase1": {
+        "checkpoint": None,
+        "sha256": None,
+        "epochs": 60,
+        "batch_size": 64,
+        "lr": 6.0e-4,  # COCO: 5e-4
+        "min_lr": 1.0e-5,
+        "warmup_epochs": 5,
+        "warmup_lr": 1.0e-6,
+        "weight_decay": 0.03,  # COCO: 0.05
+    },
+    # The frozen CLIP critic: ViT-B/32 (open_clip tag or local weights), or "demo" for the pipeline's demo CLIP.
+    "critic": {"model": "ViT-B-32", "pretrained": "openai", "sha256": None, "precision": "fp16"},
+    # Class text t_k = CLIP("a photo of {name}."); null names take the dataset's SemPLeS list.
+    "text": {"template": "a photo of {}.", "class_names": None},
+    # Training images: timm's ImageNet training transform (RandAugment, random erasing) in stages a/c and
+    # phase 1; stage b uses the random resized crop and flip only.
+    "augment": {
+        "crop_size": 224,
+        "crop_scale": [0.08, 1.0],
+        "randaugment": "rand-m9-mstd0.5-inc1",
+        "random_erasing": 0.25,
+    },
+    "match": {"epochs": 60, "batch_size": 64, "lr": 5.12e-4, "weight_decay": 0.03, "lambda1": 2.4, "mask_eps": 0.1},
+    # Stage b; enabled false is the stage-a-only ablation (CAMs from the stage-a model, no stages b and c).
+    "prompts": {
+        "enabled": True,
+        "length": 30,
+        "init": "uniform",  # uniform (the release, U[0,1)) | normal (CoOp, N(0, 0.02))
+        "epochs": 60,
+        "batch_size": 128,
+        "lr": 0.1,
+        "weight_decay": 0.03,
+        "lambda2": 0.02,
+        "mask_eps": 1.0e-4,
+    },
+    # Stage c restarts from the phase-1 model (spec §5.3), with the stage-b prompts frozen.
+    "refine": {"epochs": 60, "batch_size": 64, "lr": 5.12e-4, "weight_decay": 0.03, "lambda3": 0.05, "mask_eps": 0.1},
+    "cam": {"scales": [1.0, 1.2], "flip": True},  # COCO: [1.0, 0.8, 1.2]
+    # Label-free by default: the last epoch of every stage and a fixed background threshold. gt_select true
+    # picks the threshold on the ground truth of the cam_eval split; its table rows are marked oracle.
+    "gt_select": False,
+    # WeakTr's recipe: seeds argmax([t, cams]) with t 0.43 (COCO 0.42), label-unary CRF with SemPLeS's VOC
+    # kernels (crf.preset semples_coco for WeakTr's COCO set), every pixel labelled.
+    "pseudo_masks": {
+        "crf": {"mode": "label_unary", "bg_threshold": 0.43, "faithful_upsample": False},
+        "confidence_threshold": None,
+    },
+}
+
+# Which settings each training stage depends on, in order: a stage's key digests its own sections and
+# the key of the stage it starts from, so equal prefixes share one trained model.
+_STAGE_SECTIONS = {
+    "phase1": ("seed", "amp", "weaktr", "phase1", "augment"),
+    "match": ("critic", "text", "match"),
+    "prompts": ("prompts",),
+    "refine": ("refine",),
+}
+
+
+def stage_keys(method: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, str]:
+    """12-hex folder keys of an instance's training stages; ``data`` is what names its training images."""
+    sections = _STAGE_SECTIONS["phase1"] + (("critic",) if method["weaktr"]["init"] == "critic" else ())
+    phase1 = _key({"data": dict(data), **{s: method[s] for s in sections}})
+    match = _key({"from": phase1, **{s: method[s] for s in _STAGE_SECTIONS["match"]}})
+    keys = {"phase1": phase1, "match": match}
+    if method["prompts"]["enabled"]:
+        keys["prompts"] = _key({"from": match, "prompts": method["prompts"]})
+        # stage c needs phase 1 (its start), stage a's critic and text settings, and the prompts
+        keys["refine"] = _key({"from": keys["prompts"], "start": phase1, "refine": method["refine"]})
+    return keys
+
+
+def class_names(method: Mapping[str, Any], dataset_kind: str, classes: Sequence[str]) -> list[str]:
+    """The names in the class text: the instance's ``text.class_names``, else SemPLeS's list for VOC/COCO."""
+    names = method["text"]["class_names"]
+    if names is None:
+        names = BY_DATASET.get(dataset_kind, classes)
+    if len(names) != len(classes):
+        raise ValueError(f"text.class_names has {len(names)} names for the dataset's {len(classes)} classes")
+    return list(names)
+
+
+def final_stage(method: Mapping[str, Any]) -> str:
+    """The training stage whose model makes the instance's CAMs."""
+    return "refine" if method["prompts"]["enabled"] else "match"
+
+
+def _key(settings: Mapping[str, Any]) -> str:
+    return params_digest(dict(settings))[:12]
