@@ -17,7 +17,7 @@ os.environ.update(
 from wsss import workflow_support as support
 from wsss.classes import dataset_vocabulary
 from wsss.methods import instances_of
-from wsss.methods.semples import class_names, final_stage, stage_keys
+from wsss.methods.semples import class_names, final_stage, stage_keys, stage_settings
 from wsss.shards import SHARD_PATTERN
 from wsss.stages.pseudo_masks import crf_config
 from wsss.source_digest import source_digest
@@ -176,8 +176,8 @@ def semples_model(stage, name):
 
 
 def semples_params(stage):
-    """Params of a training stage: the resolved settings of an instance with this key, keys sorted."""
-    return lambda wc: settings(semples_instance(stage, wc.key)[1])
+    """Params of a training stage: the settings it reads, of an instance with this key, keys sorted."""
+    return lambda wc: settings(stage_settings(semples_instance(stage, wc.key)[1], stage))
 
 
 def semples_class_names(stage):

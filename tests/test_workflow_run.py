@@ -65,8 +65,10 @@ def test_semples_writes_the_method_contract_and_its_training_stages(tiny_run):
         ids = image_ids(handle)
         stored = get_image(handle, ids[0])
     # SemPLeS's maps are summed over scales and flips at image resolution, min-max normalised per class
+    # (with the release's +1e-8, so a nearly flat map of the toy training peaks a little under 1)
     assert stored["cam"].shape == (len(stored["keys"]), stored["height"], stored["width"])
-    assert np.allclose(stored["cam"].reshape(len(stored["keys"]), -1).max(axis=1), 1.0, atol=1e-4)
+    per_class = stored["cam"].reshape(len(stored["keys"]), -1)
+    assert np.allclose(per_class.min(axis=1), 0.0) and np.all((per_class.max(axis=1) > 0.5) & (per_class.max(axis=1) <= 1.0))
     with open_stage(tiny_run / SEMPLES / "crf/train/00000.h5") as handle:
         crf = get_image(handle, ids[0])
     assert set(np.unique(crf["labels"])) <= {0, *(stored["keys"] + 1).tolist()} and 255 not in crf["labels"]
@@ -102,7 +104,8 @@ def test_provenance_records_parameters_and_inputs(tiny_run):
 
 def test_summary_has_a_row_per_method_stage_and_split(tiny_run):
     summary = pd.read_csv(tiny_run / RUN / "tables/summary.csv")
-    assert list(summary.columns) == ["method", "stage", "split", "metric", "value"]
+    assert list(summary.columns) == ["method", "stage", "split", "metric", "value", "oracle"]
+    assert not summary["oracle"].any(), "nothing in the tiny run is chosen on ground truth"
     miou = summary[summary["metric"] == "miou"].set_index(["method", "stage"])["value"]
     for stage in ("cam_initial_alpha1", "cam_alpha1", "cam_initial_alpha2", "cam_alpha2", "crf",
                   "segmenter", "segmenter_crf"):

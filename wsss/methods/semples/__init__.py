@@ -100,26 +100,40 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
-# Which settings each training stage depends on, in order: a stage's key digests its own sections and
-# the key of the stage it starts from, so equal prefixes share one trained model.
+# Which settings each training stage reads. Its folder key digests these (minus the run-time knob
+# num_workers) and the key of the stage it starts from, so equal prefixes share one trained model, and
+# its rule gets only these as params, so changing a later stage's setting reruns nothing before it.
+_RUNTIME = ("seed", "amp", "num_workers", "augment")
 _STAGE_SECTIONS = {
-    "phase1": ("seed", "amp", "weaktr", "phase1", "augment"),
-    "match": ("critic", "text", "match"),
-    "prompts": ("prompts",),
-    "refine": ("refine",),
+    "phase1": _RUNTIME + ("weaktr", "phase1"),
+    "match": _RUNTIME + ("critic", "text", "match"),
+    "prompts": _RUNTIME + ("critic", "text", "prompts"),
+    # stage c adds its term to stage a's loss, so it reads stage a's lambda1
+    "refine": _RUNTIME + ("critic", "text", "match", "refine"),
 }
+
+
+def stage_settings(method: Mapping[str, Any], stage: str) -> dict[str, Any]:
+    """The sections of an instance's settings that one training stage reads."""
+    sections = _STAGE_SECTIONS[stage]
+    if stage == "phase1" and method["weaktr"]["init"] == "critic":
+        sections += ("critic",)  # phase 1 starts from the critic's image tower
+    return {s: method[s] for s in sections}
 
 
 def stage_keys(method: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, str]:
     """12-hex folder keys of an instance's training stages; ``data`` is what names its training images."""
-    sections = _STAGE_SECTIONS["phase1"] + (("critic",) if method["weaktr"]["init"] == "critic" else ())
-    phase1 = _key({"data": dict(data), **{s: method[s] for s in sections}})
-    match = _key({"from": phase1, **{s: method[s] for s in _STAGE_SECTIONS["match"]}})
+
+    def own(stage):
+        return {k: v for k, v in stage_settings(method, stage).items() if k != "num_workers"}
+
+    phase1 = _key({"data": dict(data), **own("phase1")})
+    match = _key({"from": phase1, **own("match")})
     keys = {"phase1": phase1, "match": match}
     if method["prompts"]["enabled"]:
-        keys["prompts"] = _key({"from": match, "prompts": method["prompts"]})
-        # stage c needs phase 1 (its start), stage a's critic and text settings, and the prompts
-        keys["refine"] = _key({"from": keys["prompts"], "start": phase1, "refine": method["refine"]})
+        keys["prompts"] = _key({"from": match, **own("prompts")})
+        # stage c restarts from phase 1 and reads the prompts
+        keys["refine"] = _key({"from": keys["prompts"], "start": phase1, **own("refine")})
     return keys
 
 
