@@ -4,7 +4,8 @@
 
 rule train_demo_clip:
     input:
-        f"{OUT}/demo_world",
+        world=f"{OUT}/demo_world",
+        checked=checked_manifests,
     output:
         f"{OUT}/clip/demo_clip.pt",
     log:
@@ -53,6 +54,7 @@ rule text_features:
     input:
         clip=clip_input,
         ranking=prompt_ranking_input,
+        checked=checked_manifests,
     output:
         f"{OUT}/text/{{text_key}}/text_features.h5",
     log:

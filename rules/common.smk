@@ -15,7 +15,7 @@ os.environ.update(
 )
 
 from wsss import workflow_support as support
-from wsss.classes import dataset_vocabulary
+from wsss.classes import dataset_classes
 from wsss.methods import instances_of
 from wsss.methods.semples import class_names, final_stage, stage_keys, stage_settings
 from wsss.shards import SHARD_PATTERN
@@ -33,7 +33,7 @@ support.check_config(config)
 
 OUT = f"{config['output_root']}/{config['run']}"
 DATASET = support.dataset_settings(config, OUT)
-DATASET_CLASSES = dataset_vocabulary(DATASET).classes
+DATASET_CLASSES = dataset_classes(DATASET)
 METHODS = support.check_methods(config["methods"], config["dataset"]["kind"])
 PSEUDO_SPLIT = config["splits"]["pseudo"]
 EVAL_SPLIT = config["splits"]["segmenter_eval"]
@@ -53,6 +53,7 @@ TEXT_KEYS = {
 ORACLE_METHODS = {name for name, method in METHODS.items() if method.get("gt_select")}
 support.check_oracles(ORACLE_METHODS, METHODS, CAM_EVAL_SPLITS)
 SEGMENTER_METHODS = sorted(name for name, method in METHODS.items() if method["segmenter"])
+support.check_weights(config, trains_segmenter=bool(SEGMENTER_METHODS))
 
 
 def code_digest(script):
@@ -78,6 +79,12 @@ def shard_files(pattern, split, **wildcards):
 def dataset_input(wildcards=None):
     """The generated demo world when the dataset is the demo, nothing for datasets on disk."""
     return [f"{OUT}/demo_world"] if DATASET["kind"] == "demo" else []
+
+
+def checked_manifests(wildcards=None):
+    """Every split's manifest: the expensive first jobs wait for its file checks (ancient: a rewritten
+    manifest does not rerun them by its time stamp alone)."""
+    return [ancient(f"{OUT}/manifests/{split}.tsv") for split in sorted(SHARDS)]
 
 
 def clip_input(wildcards=None):

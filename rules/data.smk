@@ -24,8 +24,11 @@ rule manifest:
         f"{OUT}/manifests/{{split}}.tsv",
     log:
         f"{OUT}/logs/manifest/{{split}}.log",
+    benchmark:
+        f"{OUT}/benchmarks/manifest/{{split}}.tsv"
     conda:
         "../envs/wsss.yaml"
+    threads: 4  # decoding every image once; capped by --cores
     params:
         dataset=settings(DATASET),
         on_unlabeled=config["labels"]["on_unlabeled"],

@@ -3,7 +3,8 @@
 
 rule summary:
     input:
-        [table for name in sorted(METHODS) for table in method_tables(name)],
+        tables=[table for name in sorted(METHODS) for table in method_tables(name)],
+        manifests=expand(f"{OUT}/manifests/{{split}}.tsv", split=sorted(SHARDS)),
     output:
         csv=report(f"{OUT}/tables/summary.csv", category="Summary"),
         md=f"{OUT}/tables/summary.md",

@@ -91,21 +91,6 @@ def test_input_scale_resizes_once_to_the_scaled_patch_multiple():
         resize_to_patch_multiple(img, 8, scale=0)
 
 
-def test_resize_happens_in_own_mode_before_rgb_conversion():
-    img = rand_image(50, 30, mode="L", seed=3)
-    t = preprocess_image(img, 16, MEAN, STD)
-    expect = image_to_tensor(img.resize((64, 32), Image.Resampling.BICUBIC).convert("RGB"), MEAN, STD)
-    assert t.shape == (3, 32, 64)
-    assert torch.equal(t, expect)
-    # a palette image is resized as a palette image (PIL uses nearest there), then converted, as in the reference
-    pal = rand_image(50, 30, seed=4).quantize(colors=16)
-    assert pal.mode == "P"
-    t = preprocess_image(pal, 16, MEAN, STD)
-    assert torch.equal(t, image_to_tensor(pal.resize((64, 32), Image.Resampling.NEAREST).convert("RGB"), MEAN, STD))
-    converted_first = image_to_tensor(pal.convert("RGB").resize((64, 32), Image.Resampling.BICUBIC), MEAN, STD)
-    assert not torch.equal(t, converted_first)
-
-
 def test_image_to_tensor_matches_torchvision():
     img = rand_image(40, 24, seed=1)
     ref = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])(img)

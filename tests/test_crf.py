@@ -9,6 +9,7 @@ import pytest
 from pydensecrf import utils as pdc_utils
 
 from wsss import crf
+from wsss.images import ImageDecodeError
 
 # ------------------------------------------------------------------------------------------------
 # helpers
@@ -337,7 +338,7 @@ def test_crf_many_two_workers_equal_one_worker_and_keep_order(tmp_path):
 def test_crf_many_missing_image_names_id_and_path(tmp_path):
     items = _small_items(1)
     missing = tmp_path / "nope.jpg"
-    with pytest.raises(FileNotFoundError, match="img_000.*nope.jpg"):
+    with pytest.raises(ImageDecodeError, match="img_000.*nope.jpg"):
         list(
             crf.crf_many([(items[0][0], str(missing), items[0][2], items[0][3])], None, workers=1, progress_stream=None)
         )

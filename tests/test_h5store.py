@@ -65,6 +65,34 @@ def test_killed_writer_leaves_no_readable_output(tmp_path):
     assert not path.exists()
     with pytest.raises(FileNotFoundError, match="00000.h5"):
         h5store.open_stage(path)
+    # the killed writer's temporary file is left; the next writer of that shard removes it
+    leftovers = list(tmp_path.glob(".00000.h5.tmp-*"))
+    assert len(leftovers) == 1
+    with h5store.write_stage(path, "cams", {}) as handle:
+        h5store.put_image(handle, "x", {"cam": np.ones((2, 2))})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["00000.h5"]
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "message"),
+    [
+        ("schema_version", 99, "schema_version is 99; this wsss reads 1..1"),
+        ("schema_version", "one", "schema_version is 'one'"),
+        ("params_json", "{not json", "params_json is not valid JSON"),
+        ("input_digests", "[1, 2]", "input_digests must be a JSON dict, got list"),
+        ("image_order", '["x", "ghost"]', "image_order names 'ghost', which is not an image group"),
+        ("skipped_json", '{"y": 3}', "skipped_json must map image ids to reasons"),
+    ],
+)
+def test_provenance_attributes_are_validated_on_read(tmp_path, attribute, value, message):
+    path = tmp_path / "00000.h5"
+    with h5store.write_stage(path, "cams", {}) as handle:
+        h5store.put_image(handle, "x", {"cam": np.zeros((2, 2))})
+        h5store.set_image_order(handle, ["x"])
+    with h5py.File(path, "a") as handle:
+        handle.attrs[attribute] = value
+    with pytest.raises(ValueError, match=f"00000.h5: attribute {message}".replace("(", r"\(").replace("[", r"\[")):
+        h5store.open_stage(path)
 
 
 def test_open_stage_rejects_foreign_hdf5(tmp_path):

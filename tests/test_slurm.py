@@ -15,12 +15,11 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import h5py
 import numpy as np
 import pytest
 import yaml
 
-from tests.workflow_helpers import REPO, TINY, snakemake
+from tests.workflow_helpers import REPO, TINY, datasets_of, snakemake
 
 pytestmark = pytest.mark.slurm
 
@@ -100,14 +99,6 @@ def submitted_jobs() -> dict[str, str]:
 def rule_of(comment: str) -> str:
     """The rule (or grouped rules) named by the plugin's job comment rule_<rule>[_wildcards_...]."""
     return comment.removeprefix("rule_").split("_wildcards_")[0]
-
-
-def datasets_of(path: Path) -> dict[str, np.ndarray]:
-    """Every dataset of a stage file, keyed by its HDF5 path."""
-    found = {}
-    with h5py.File(path, "r") as handle:
-        handle.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
-    return found
 
 
 def test_workflow_on_slurm_matches_local_run(cluster, tmp_path, capsys):

@@ -134,6 +134,11 @@ def test_conda_env_file_travels_with_the_rules():
         ({"methods": {"semples": {"critic": {"model": "ViT-B-32", "pretrained": "missing/ViT-B-32.pt"}}}},
          "methods.semples.critic.pretrained"),
         ({"methods": {"semples": {"prompts": {"init": "zeros"}}}}, "zeros"),
+        ({"clip": {"model": "ViT-B-16", "pretrained": "missing/ViT-B-16.pt"}}, "clip.pretrained: file not found"),
+        ({"segmenter": {"train": {"init_path": "missing/resnet18.pth"}}}, "segmenter.train.init_path: file not found"),
+        ({"segmenter": {"train": {"init": "coco"}}}, "segmenter.train.init_path is required for init 'coco'"),
+        ({"dataset": {"max_pixels": 0}}, "max_pixels"),
+        ({"dataset": {"on_bad_image": "ignore"}}, "ignore"),
         ({"methods": {"semples": {"gt_select": True}}, "splits": {"cam_eval": []}}, "methods.semples.gt_select"),
     ],
 )

@@ -1,16 +1,24 @@
 """One real run of the whole DAG on a tiny demo world, then what a second run, edited settings and edited code schedule."""
 
+import contextlib
 import json
 import math
+import os
 import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 from PIL import Image
 
-from tests.workflow_helpers import REPO, TINY, planned_jobs, planned_methods, snakemake, write_config
+from tests.workflow_helpers import REPO, TINY, datasets_of, planned_jobs, planned_methods, snakemake, write_config
 from wsss.h5store import get_image, image_ids, open_stage, provenance
 
 RUN = "results/tiny"
@@ -247,3 +255,89 @@ def test_editing_a_deep_module_reruns_exactly_its_dependent_rules(tiny_run, tmp_
     path = tmp_path / "wsss" / module
     path.write_text(path.read_text() + "\n# an edited comment\n")
     assert planned_methods(_dry_run_of_copy(snakefile, tiny_run)) == dependent
+
+
+# --- kills: a job killed outright (OOM killer, SLURM, node failure) and a plain rerun -----------------
+
+
+def _descendants(pid: int) -> list[int]:
+    """Every process below ``pid`` (the Snakemake driver's jobs and their workers), from /proc."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+            children.setdefault(parent, []).append(int(entry.name))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def _kill_job_when(workdir: Path, target: str, appeared, attempts: int = 6) -> list[Path]:
+    """Run snakemake for ``target``; SIGKILL its job (not the driver) as soon as ``appeared()`` returns files.
+
+    Returns those files (the job's temporaries at the moment of the kill). A job can finish between two
+    polls, so the run is repeated (output removed) until the kill lands mid-write. Like the reference
+    run, it uses two cores: a job's thread count may change its floating-point sums.
+    """
+    for _ in range(attempts):
+        (workdir / target).unlink(missing_ok=True)
+        command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(workdir),
+                   "--configfile", str(TINY), "--workflow-profile", "none", "--cores", "2", target]
+        driver = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        seen: list[Path] = []
+        while driver.poll() is None and not seen:
+            seen = appeared()
+            time.sleep(0.005)
+        if seen:
+            for pid in _descendants(driver.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        driver.wait(timeout=120)
+        if seen and driver.returncode != 0:
+            return seen
+    raise AssertionError(f"{target}: the job finished before it could be killed, {attempts} times")
+
+
+def _temporaries(folder: Path):
+    return lambda: sorted(folder.glob(".*.tmp-*")) if folder.is_dir() else []
+
+
+@pytest.mark.parametrize("stage", ["clip_es/gradcam/train/00001.h5", "clip_es/crf/train/00001.h5"])
+def test_a_shard_job_killed_mid_write_reruns_to_identical_output(tiny_run, tmp_path, stage):
+    workdir = tmp_path / "work"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    target = f"{RUN}/{stage}"
+    left = _kill_job_when(workdir, target, _temporaries((workdir / target).parent))
+    assert all(path.exists() for path in left), "the kill should leave the job's temporary file behind"
+    assert not (workdir / target).exists()
+    snakemake(workdir, "--cores", "2", target)  # a plain rerun
+    assert sorted(workdir.joinpath(RUN).rglob("*.tmp-*")) == [], "the rerun must remove what the kill left"
+    expected, got = datasets_of(tiny_run / target), datasets_of(workdir / target)
+    assert expected.keys() == got.keys()
+    for name, array in expected.items():
+        np.testing.assert_array_equal(got[name], array, err_msg=f"{target}:{name}")
+
+
+def test_segmenter_training_killed_after_a_checkpoint_resumes_to_identical_weights(tiny_run, tmp_path):
+    workdir = tmp_path / "work"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    target = f"{ES}/segmenter/model.pt"
+    checkpoints = workdir / ES / "segmenter" / "checkpoints"
+    shutil.rmtree(checkpoints, ignore_errors=True)
+    left = _kill_job_when(workdir, target, lambda: sorted(checkpoints.rglob("checkpoint.pt")))
+    assert left and not (workdir / target).exists()
+    result = snakemake(workdir, "--cores", "2", target)  # a plain rerun resumes from the checkpoint
+    log = (workdir / ES / "logs" / "train_segmenter.log").read_text()
+    assert "resum" in log.lower(), f"the rerun did not resume:\n{log[-2000:]}\n{result.stderr[-2000:]}"
+    assert sorted(workdir.joinpath(RUN).rglob("*.tmp-*")) == []
+    expected = torch.load(tiny_run / target, map_location="cpu", weights_only=True)
+    got = torch.load(workdir / target, map_location="cpu", weights_only=True)
+    assert expected["model"].keys() == got["model"].keys()
+    for name, tensor in expected["model"].items():
+        assert torch.equal(got["model"][name], tensor), name

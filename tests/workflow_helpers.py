@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import yaml
 
 from wsss.methods import merged
@@ -23,6 +25,14 @@ def snakemake(workdir: Path, *args: str, config: Path = TINY, check: bool = True
     if check and result.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
     return result
+
+
+def datasets_of(path: Path) -> dict[str, np.ndarray]:
+    """Every dataset of a stage file, keyed by its HDF5 path."""
+    found = {}
+    with h5py.File(path, "r") as handle:
+        handle.visititems(lambda name, obj: found.__setitem__(name, obj[()]) if isinstance(obj, h5py.Dataset) else None)
+    return found
 
 
 def planned_jobs(result: subprocess.CompletedProcess) -> dict[str, int]:

@@ -10,4 +10,7 @@ with logged(snakemake.log[0]):
         snakemake.output[0],
         snakemake.params.on_unlabeled,
         snakemake.params.expected_rows,
+        on_bad_image=snakemake.params.dataset["on_bad_image"],
+        max_pixels=snakemake.params.dataset["max_pixels"],
+        workers=snakemake.threads,
     )

@@ -4,4 +4,10 @@ from wsss.logs import logged
 from wsss.stages.report import write_summary
 
 with logged(snakemake.log[0]):
-    write_summary(list(snakemake.input), snakemake.output.csv, snakemake.output.md, snakemake.params.oracle)
+    write_summary(
+        list(snakemake.input.tables),
+        list(snakemake.input.manifests),
+        snakemake.output.csv,
+        snakemake.output.md,
+        snakemake.params.oracle,
+    )

@@ -5,5 +5,5 @@ from wsss.devices import compute_job
 from wsss.logs import logged
 
 with logged(snakemake.log[0]) as log, compute_job(snakemake.threads, snakemake.resources.get("gpu", 0)):
-    train_demo_clip(snakemake.input[0], snakemake.output[0], snakemake.params.settings, snakemake.params.seed,
+    train_demo_clip(snakemake.input.world, snakemake.output[0], snakemake.params.settings, snakemake.params.seed,
                     log=log.info)

@@ -21,21 +21,33 @@ class Vocabulary:
     background_words: tuple[str, ...]
 
 
+def dataset_classes(dataset: Mapping[str, Any]) -> tuple[str, ...]:
+    """A dataset's label names (index i is label value i+1); no prompt settings needed."""
+    kind = dataset["kind"]
+    if kind == "demo":
+        from wsss.demo.world import DEMO_CLASSES
+
+        return tuple(DEMO_CLASSES)
+    if kind in ("voc", "coco"):
+        return tuple(load_class_lists()[f"{kind}_classes"])
+    if kind == "custom":
+        return tuple(read_class_list(dataset["class_list"]))
+    raise ValueError(f"dataset.kind: unknown dataset kind {kind!r}")
+
+
 def dataset_vocabulary(dataset: Mapping[str, Any], text: Mapping[str, Any] | None = None) -> Vocabulary:
     """Resolve a dataset's vocabulary; a method's text.class_prompts / text.background_words override the defaults."""
     kind = dataset["kind"]
+    classes = list(dataset_classes(dataset))
     if kind == "demo":
-        from wsss.demo.world import DEMO_BACKGROUNDS, DEMO_CLASSES
+        from wsss.demo.world import DEMO_BACKGROUNDS
 
-        classes, prompts, background = list(DEMO_CLASSES), list(DEMO_CLASSES), list(DEMO_BACKGROUNDS)
+        prompts, background = list(classes), list(DEMO_BACKGROUNDS)
     elif kind in ("voc", "coco"):
         lists = load_class_lists()
-        classes, prompts, background = lists[f"{kind}_classes"], lists[f"{kind}_synonyms"], lists[f"{kind}_bg"]
-    elif kind == "custom":
-        classes = read_class_list(dataset["class_list"])
-        prompts, background = list(classes), []
+        prompts, background = lists[f"{kind}_synonyms"], lists[f"{kind}_bg"]
     else:
-        raise ValueError(f"dataset.kind: unknown dataset kind {kind!r}")
+        prompts, background = list(classes), []
     text = text or {}
     prompts = text.get("class_prompts") or prompts
     background = text.get("background_words", background)

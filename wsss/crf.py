@@ -8,8 +8,8 @@ stack is the unary, and a DenseCRF2D with the deeplab-pytorch parameters gives Q
 SemPLeS / WeakTr (SemPLeS spec §7): the seed label map ``argmax([t, cams])`` is refined by a CRF
 whose unary comes from the labels themselves (``gt_prob`` 0.7); every pixel keeps a label.
 
-All functions are pure and take arrays; only :func:`load_image_rgb` and :func:`crf_many` touch
-files and processes.
+All functions are pure and take arrays; only :func:`crf_many` touches files (through the pipeline's one
+image decoder, :func:`wsss.images.decode_image`) and processes.
 """
 
 from __future__ import annotations
@@ -29,6 +29,8 @@ import numpy as np
 import pydensecrf.densecrf as dcrf
 from tqdm import tqdm
 
+from wsss.images import ImageDecodeError, decode_image
+
 __all__ = [
     "BGR_MEAN",
     "CLIP_ES_PARAMS",
@@ -42,7 +44,6 @@ __all__ = [
     "dense_crf",
     "label_crf",
     "labels_and_confidence",
-    "load_image_rgb",
     "probability_stack",
     "seeds_from_cams",
     "training_labels",
@@ -274,18 +275,6 @@ def _wrapped_mean_table() -> np.ndarray:
     table = np.ascontiguousarray(wrap_to_uint8(values).T)
     table.flags.writeable = False
     return table
-
-
-def load_image_rgb(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file with OpenCV (as CLIP-ES's CRF step does) and return it as RGB uint8."""
-    # EXIF orientation is ignored so that the pixel grid matches the PIL-decoded grid the CAMs were
-    # computed on (cv2 would otherwise rotate such images).
-    image = cv2.imread(os.fspath(path), cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
-    if image is None:
-        if not os.path.exists(path):
-            raise FileNotFoundError(f"image file not found: {path}")
-        raise ValueError(f"cannot decode image file: {path}")
-    return np.ascontiguousarray(image[..., ::-1])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -576,11 +565,9 @@ def _run_item(item: tuple[str, Any, np.ndarray, Any], cfg: CrfConfig) -> tuple[s
         raise ValueError(f"crf_many: each item must be (image_id, image_path_or_array, cams, keys): {err}") from err
     if isinstance(image, (str, os.PathLike)):
         try:
-            image = load_image_rgb(image)
-        except FileNotFoundError as err:
-            raise FileNotFoundError(f"image {image_id}: {err}") from err
-        except ValueError as err:
-            raise ValueError(f"image {image_id}: {err}") from err
+            image = decode_image(image)
+        except ImageDecodeError as err:
+            raise ImageDecodeError(f"image {image_id}: {err}") from err
     labels, confidence = crf_one_image(image, cams, keys, cfg, image_id=str(image_id))
     return image_id, labels, confidence
 

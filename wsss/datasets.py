@@ -16,11 +16,18 @@ import pandas as pd
 from PIL import Image
 
 from wsss.atomic import atomic_output
+from wsss.image_ids import invalid_id_reason
 
 log = logging.getLogger(__name__)
 
 MANIFEST_COLUMNS = ["image_id", "image_path", "height", "width", "labels", "gt_path", "skip_reason"]
+# skip_reason of a row whose files failed the manifest checks; "no labels" rows are still readable images
+BAD_FILE_PREFIX = "bad file: "
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# The CAM stage runs CLIP at the image's native size: attention memory grows with the square of the
+# pixel count (ViT-B/16 at 1 MP: 3,900 tokens, 0.7 GB of fp32 attention per block). VOC and COCO images
+# are at most 640x640 (0.41 MP).
+DEFAULT_MAX_PIXELS = 1_000_000
 
 
 class DatasetError(ValueError):
@@ -28,9 +35,10 @@ class DatasetError(ValueError):
 
 
 def check_image_id(image_id: str, where: str) -> str:
-    """Reject ids that are empty, contain path separators or '..' (they become file and group names)."""
-    if not image_id or "/" in image_id or "\\" in image_id or ".." in image_id or image_id.strip() != image_id:
-        raise DatasetError(f"{where}: invalid image id {image_id!r} (no path separators, '..' or surrounding blanks)")
+    """Reject ids the pipeline cannot use as file, group and list names (:mod:`wsss.image_ids`)."""
+    reason = invalid_id_reason(image_id)
+    if reason:
+        raise DatasetError(f"{where}: invalid image id {image_id!r} ({reason})")
     return image_id
 
 
@@ -77,6 +85,31 @@ def split_ids(dataset: Mapping[str, Any], split: str) -> list[str]:
     raise DatasetError(f"dataset.kind: unknown dataset kind {kind!r}")
 
 
+def split_source(dataset: Mapping[str, Any], split: str) -> Path:
+    """The file (or image folder) that lists a split's images."""
+    if dataset["kind"] == "custom":
+        return Path(_custom_split(dataset, split)["csv"])
+    listed = (dataset.get("split_lists") or {}).get(split)
+    if listed:
+        return Path(listed)
+    if dataset["kind"] in ("voc", "demo"):
+        return _voc_split_file(dataset, split)
+    return Path(_coco_split(dataset, split)["images"])
+
+
+def id_locations(dataset: Mapping[str, Any], split: str) -> dict[str, str]:
+    """Image id -> ``file:line`` of the split list or CSV row naming it (the image folder for COCO without lists)."""
+    source = split_source(dataset, split)
+    if dataset["kind"] == "custom":
+        with open(source, newline="") as handle:
+            reader = csv.DictReader(handle)
+            return {Path(row["image"]).stem: f"{source}:{reader.line_num}" for row in reader}
+    if source.is_file():
+        return {line.split()[0]: f"{source}:{n}" for n, line in enumerate(source.read_text().splitlines(), start=1)
+                if line.strip()}
+    return {image_id: str(source) for image_id in split_ids(dataset, split)}
+
+
 def _voc_split_file(dataset: Mapping[str, Any], split: str) -> Path:
     listed = (dataset.get("split_lists") or {}).get(split)
     if listed:
@@ -120,7 +153,7 @@ def voc_manifest(dataset: Mapping[str, Any], split: str, classes: Sequence[str])
         image_path = root / "JPEGImages" / f"{image_id}.jpg"
         height, width = image_size(image_path)
         labels, xml_hw = voc_labels_from_xml(root / "Annotations" / f"{image_id}.xml", classes)
-        if xml_hw is not None and xml_hw != (height, width):
+        if xml_hw is not None and height and xml_hw != (height, width):
             raise DatasetError(f"{image_path}: decoded size {(height, width)} differs from its XML <size> {xml_hw}")
         gt = next((d / f"{image_id}.png" for d in gt_dirs if (d / f"{image_id}.png").is_file()), None)
         rows.append(_row(image_id, image_path, height, width, labels, gt))
@@ -244,15 +277,19 @@ def custom_manifest(dataset: Mapping[str, Any], split: str, classes: Sequence[st
 
 
 def image_size(path: str | os.PathLike) -> tuple[int, int]:
-    """(height, width) of an image, reading only its header."""
+    """(height, width) of an image, reading only its header; (0, 0) when the header is unreadable.
+
+    An unreadable image is not an error here: the manifest's file checks decode every image and report
+    it (or skip it, with ``dataset.on_bad_image: skip``) naming its line and id.
+    """
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"image not found: {path}")
     try:
         with Image.open(path) as image:
             width, height = image.size
-    except OSError as error:
-        raise DatasetError(f"{path}: unreadable image ({error})") from error
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError):
+        return 0, 0
     return height, width
 
 
@@ -289,6 +326,17 @@ def build_manifest(dataset: Mapping[str, Any], split: str, classes: Sequence[str
         log.warning("split %s: skipping %d images without labels (e.g. %s)", split, int(unlabeled.sum()), examples)
         table.loc[unlabeled, "skip_reason"] = "no labels"
     return table
+
+
+def usable_rows(table: pd.DataFrame, keep_unlabeled: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
+    """The rows a per-image stage processes, and image id -> skip reason for the others.
+
+    Rows skipped for bad files are always left out; rows skipped for having no labels are kept when
+    ``keep_unlabeled`` (stages that do not use labels, such as segmenter prediction).
+    """
+    reasons = table["skip_reason"]
+    skip = reasons.str.startswith(BAD_FILE_PREFIX) if keep_unlabeled else reasons != ""
+    return table[~skip], dict(zip(table.loc[skip, "image_id"], reasons[skip]))
 
 
 def write_manifest(table: pd.DataFrame, path: str | os.PathLike) -> None:

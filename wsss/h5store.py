@@ -17,6 +17,7 @@ import numpy as np
 from wsss import __version__
 from wsss.atomic import atomic_output
 from wsss.digests import canonical_json, file_digest, params_digest
+from wsss.image_ids import invalid_id_reason
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -32,6 +33,7 @@ __all__ = [
     "image_ids",
     "iter_images",
     "set_image_order",
+    "skipped_images",
 ]
 
 Locking = bool | str | None
@@ -69,11 +71,13 @@ def write_stage(
     params: Mapping[str, Any],
     inputs: Sequence[str | os.PathLike] = (),
     locking: Locking = None,
+    skipped: Mapping[str, str] | None = None,
 ) -> Iterator[h5py.File]:
     """Open a stage file for writing under a temporary name; rename it into place only on success.
 
     A job killed or failing inside the block leaves no file at ``path``: readers never see a
-    half-written shard, and Snakemake sees the output as missing.
+    half-written shard, and Snakemake sees the output as missing. ``skipped`` (image id -> reason)
+    records the shard's images the stage left out.
     """
     with atomic_output(path) as tmp:
         handle = h5py.File(tmp, "w", locking=normalise_locking(locking))
@@ -87,6 +91,7 @@ def write_stage(
             attrs["input_digests"] = canonical_json({str(p): file_digest(p) for p in inputs})
             attrs["environment"] = canonical_json(_environment())
             attrs["created_utc"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+            attrs["skipped_json"] = canonical_json(dict(skipped or {}))
             yield handle
         finally:
             # closed before the rename on success, and before the removal on failure
@@ -98,12 +103,52 @@ def open_stage(path: str | os.PathLike, locking: Locking = None) -> h5py.File:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"stage file not found: {path}")
-    handle = h5py.File(path, "r", locking=normalise_locking(locking))
+    try:
+        handle = h5py.File(path, "r", locking=normalise_locking(locking))
+    except OSError as error:
+        raise ValueError(f"{path}: not a readable HDF5 file ({error})") from error
+    try:
+        _check_attributes(handle)
+    except ValueError:
+        handle.close()
+        raise
+    return handle
+
+
+def _check_attributes(handle: h5py.File) -> None:
+    """Validate the provenance attributes a reader relies on; ValueError names the file and attribute."""
     missing = [key for key in _PROVENANCE_KEYS if key not in handle.attrs]
     if missing:
-        handle.close()
-        raise ValueError(f"{path} is not a wsss stage file (missing attributes {missing})")
-    return handle
+        raise ValueError(f"{handle.filename} is not a wsss stage file (missing attributes {missing})")
+    version = _plain(handle.attrs["schema_version"])
+    if not isinstance(version, int) or not 1 <= version <= SCHEMA_VERSION:
+        raise ValueError(f"{handle.filename}: attribute schema_version is {version!r}; this wsss reads "
+                         f"1..{SCHEMA_VERSION} (a file from a newer wsss, or not a stage file)")
+    if not isinstance(_plain(handle.attrs["stage"]), str):
+        raise ValueError(f"{handle.filename}: attribute stage must be a string")
+    _json_attr(handle, "params_json", dict, None)
+    _json_attr(handle, "input_digests", dict, None)
+    order = _json_attr(handle, "image_order", list, None)
+    if order is not None:
+        strays = [image_id for image_id in order if not isinstance(image_id, str) or image_id not in handle]
+        if strays:
+            raise ValueError(f"{handle.filename}: attribute image_order names {strays[0]!r}, which is not an image group")
+    skipped = _json_attr(handle, "skipped_json", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in skipped.items()):
+        raise ValueError(f"{handle.filename}: attribute skipped_json must map image ids to reasons")
+
+
+def _json_attr(handle: h5py.File, name: str, kind: type, default: Any) -> Any:
+    """A JSON-encoded attribute decoded and type-checked; ``default`` when it is absent."""
+    if name not in handle.attrs:
+        return default
+    try:
+        value = json.loads(_plain(handle.attrs[name]))
+    except (TypeError, ValueError) as error:
+        raise ValueError(f"{handle.filename}: attribute {name} is not valid JSON ({error})") from error
+    if not isinstance(value, kind):
+        raise ValueError(f"{handle.filename}: attribute {name} must be a JSON {kind.__name__}, got {type(value).__name__}")
+    return value
 
 
 def provenance(path: str | os.PathLike, locking: Locking = None) -> dict[str, Any]:
@@ -120,8 +165,8 @@ def put_image(
     compression: str | None = "gzip",
 ) -> h5py.Group:
     """Write one image's arrays (and scalar attributes) as the group ``/<image_id>``."""
-    if "/" in image_id or image_id in ("", ".", ".."):
-        raise ValueError(f"image id {image_id!r} cannot name an HDF5 group")
+    if invalid_id_reason(image_id):
+        raise ValueError(f"image id {image_id!r} cannot name an HDF5 group ({invalid_id_reason(image_id)})")
     group = handle.create_group(image_id)
     for name, array in arrays.items():
         array = np.asarray(array)
@@ -145,9 +190,9 @@ def get_image(handle: h5py.File, image_id: str) -> dict[str, Any]:
 
 def image_ids(handle: h5py.File) -> list[str]:
     """Image ids stored in a stage file, in the order they were written."""
-    order = handle.attrs.get("image_order")
+    order = _json_attr(handle, "image_order", list, None)
     if order is not None:
-        return [str(x) for x in json.loads(order)]
+        return [str(x) for x in order]
     return sorted(handle.keys())
 
 
@@ -162,6 +207,11 @@ def iter_images(paths: Sequence[str | os.PathLike], locking: Locking = None) -> 
 def set_image_order(handle: h5py.File, ids: Sequence[str]) -> None:
     """Record the writing order of image groups (HDF5 iterates groups alphabetically)."""
     handle.attrs["image_order"] = canonical_json(list(ids))
+
+
+def skipped_images(handle: h5py.File) -> dict[str, str]:
+    """Image id -> reason for the shard's images a stage left out (see ``write_stage``)."""
+    return _json_attr(handle, "skipped_json", dict, {})
 
 
 def _plain(value: Any) -> Any:

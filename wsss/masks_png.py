@@ -10,6 +10,7 @@ import numpy as np
 from PIL import Image
 
 from wsss.atomic import atomic_output, write_text_atomic
+from wsss.image_ids import invalid_id_reason
 from wsss.palette import voc_palette
 
 MASK_DIR = "SegmentationClassPseudo"
@@ -85,8 +86,8 @@ def export_layout(
     seen: set[str] = set()
     for image_id, labels in masks:
         image_id = str(image_id)
-        if not image_id or "/" in image_id or " " in image_id or image_id.startswith("."):
-            raise ValueError(f"export_layout: bad image id {image_id!r}")
+        if invalid_id_reason(image_id):
+            raise ValueError(f"export_layout: bad image id {image_id!r} ({invalid_id_reason(image_id)})")
         if image_id in seen:
             raise ValueError(f"export_layout: duplicate image id {image_id!r}")
         seen.add(image_id)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from wsss.atomic import atomic_output, write_text_atomic
+from wsss.datasets import BAD_FILE_PREFIX
 
 METRIC_COLUMNS = ["method", "stage", "split", "metric", "value"]
 
@@ -47,12 +48,22 @@ def write_per_class(
     return table
 
 
+def image_counts(manifest: pd.DataFrame) -> dict[str, int]:
+    """A split's images: all, used, and skipped for having no labels or for bad files (from its manifest)."""
+    reasons = manifest["skip_reason"]
+    bad = int(reasons.str.startswith(BAD_FILE_PREFIX).sum())
+    return {"images": len(manifest), "used": int((reasons == "").sum()),
+            "skipped: no labels": int((reasons != "").sum()) - bad, "skipped: bad files": bad}
+
+
 def summarize(metric_files: Sequence[str | os.PathLike], csv_path: str | os.PathLike, md_path: str | os.PathLike,
-              oracle_methods: Sequence[str] = ()) -> pd.DataFrame:
+              oracle_methods: Sequence[str] = (), split_images: Mapping[str, Mapping[str, int]] | None = None,
+              ) -> pd.DataFrame:
     """Concatenate metric CSVs into summary.csv, and summary.md: mIoU with the methods side by side, then every row.
 
     Rows of ``oracle_methods`` (settings chosen on ground truth) get ``oracle`` true, and their method name
-    a trailing " (oracle)" in the Markdown.
+    a trailing " (oracle)" in the Markdown. ``split_images`` (split -> :func:`image_counts`) adds a table of the images
+    each split had and skipped.
     """
     frames = [pd.read_csv(p) for p in metric_files]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
@@ -66,7 +77,13 @@ def summarize(metric_files: Sequence[str | os.PathLike], csv_path: str | os.Path
         cells = [_format(values.get(metric)) for metric in _metric_order(table)]
         lines.append(f"| {method} | {stage} | {split} | " + " | ".join(cells) + " |")
     side_by_side = miou_by_method(table)
-    write_text_atomic(md_path, side_by_side + "\n\nAll metrics:\n\n" + "\n".join(lines) + "\n")
+    text = side_by_side + "\n\nAll metrics:\n\n" + "\n".join(lines) + "\n"
+    if split_images:
+        columns = list(next(iter(split_images.values())))
+        text += ("\nImages per split:\n\n| split | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
+                 + "".join(f"| {split} | " + " | ".join(str(counts[c]) for c in columns) + " |\n"
+                           for split, counts in split_images.items()))
+    write_text_atomic(md_path, text)
     return table
 
 

@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from wsss.datasets import split_ids
+from wsss.datasets import split_ids, split_source
 from wsss.digests import params_digest
 from wsss.methods import resolve_methods
 from wsss.shards import shard_names
@@ -100,6 +100,27 @@ def check_methods(instances: Mapping[str, Any], dataset_kind: str = "demo") -> d
     return methods
 
 
+def check_weights(config: Mapping[str, Any], trains_segmenter: bool) -> None:
+    """Weight files the config names must exist before any job starts (the SemPLeS ones: check_methods).
+
+    ImageNet weights without an ``init_path`` are looked up in the torch hub cache of the machine that
+    trains, which may not be this one, so only named files are checked here.
+    """
+    pretrained = config["clip"].get("pretrained")
+    if config["clip"]["model"] != "demo" and pretrained and _looks_like_path(pretrained) \
+            and not Path(pretrained).is_file():
+        raise ConfigError(f"clip.pretrained: file not found: {pretrained}")
+    if not trains_segmenter:
+        return
+    train = (config.get("segmenter") or {}).get("train") or {}
+    init, init_path = train.get("init", "imagenet"), train.get("init_path")
+    if init_path and not Path(init_path).is_file():
+        raise ConfigError(f"segmenter.train.init_path: file not found: {init_path}")
+    if init == "coco" and not init_path:
+        raise ConfigError("segmenter.train.init_path is required for init 'coco' (deeplab-pytorch's COCO-init "
+                          "checkpoint; it is never downloaded)")
+
+
 def check_oracles(oracles: set[str], methods: Mapping[str, Any], cam_eval_splits: list[str] | None) -> None:
     """gt_select needs ground truth to choose on and a threshold to choose (a label-unary recipe)."""
     for name in sorted(oracles):
@@ -159,7 +180,10 @@ def count_images(config: Mapping[str, Any], dataset: Mapping[str, Any], split: s
         if split not in _DEMO_SPLITS:
             raise ConfigError(f"the demo world has no split {split!r} (it has {sorted(_DEMO_SPLITS)})")
         return int(config["demo_world"][_DEMO_SPLITS[split]])
-    return len(split_ids(dataset, split))
+    count = len(split_ids(dataset, split))
+    if count == 0:
+        raise ConfigError(f"dataset: split {split!r} lists no images ({split_source(dataset, split)})")
+    return count
 
 
 def shards_of(config: Mapping[str, Any], dataset: Mapping[str, Any], split: str) -> list[str]:

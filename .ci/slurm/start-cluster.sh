@@ -11,6 +11,7 @@
 #   WSSS_SLURM_PARTITION=debug   name of the default partition (partitions "cpu" and "gpu" hold
 #                                the same node, matching profiles/slurm)
 #   WSSS_SLURM_MEM_MARGIN_MB=512 memory kept back from what `slurmd -C` detects
+#   WSSS_SLURM_GPUS=2            fake GPUs on the node (1 to 4), so GPU jobs can run side by side
 #   WSSS_SLURM_NO_ETC=1          leave /etc/slurm alone; clients then need
 #                                `export SLURM_CONF=$STATE_DIR/slurm.conf`
 #
@@ -33,6 +34,7 @@ state_dir=${1:-${WSSS_SLURM_DIR:-/tmp/wsss-slurm}}
 timeout_s=${WSSS_SLURM_TIMEOUT:-60}
 partition=${WSSS_SLURM_PARTITION:-debug}
 margin_mb=${WSSS_SLURM_MEM_MARGIN_MB:-512}
+gpus=${WSSS_SLURM_GPUS:-2}
 t0=$(date +%s.%N)
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (it starts daemons and writes /etc/munge, /etc/slurm)"
@@ -147,17 +149,19 @@ MinJobAge=3600
 # Jobs submitted without --mem would otherwise reserve the whole node and run one at a time.
 DefMemPerCPU=1024
 GresTypes=gpu
-NodeName=$host CPUs=$cpus RealMemory=$real_mb Gres=gpu:1 State=UNKNOWN
+NodeName=$host CPUs=$cpus RealMemory=$real_mb Gres=gpu:$gpus State=UNKNOWN
 PartitionName=$partition Nodes=$host Default=YES MaxTime=INFINITE State=UP
 # The same node again under the names a typical site uses, so profiles/slurm (cpu/gpu) runs here.
 $extra_partitions
 EOF
-# A device file is required: a gres.conf with only Count=1 marks the node INVAL.  /dev/null gives
-# SLURM something to "bind", and jobs that ask for it get CUDA_VISIBLE_DEVICES=0.
-cat >"$gres" <<EOF
-$MARKER
-NodeName=$host Name=gpu File=/dev/null
-EOF
+# A device file per GPU is required: a gres.conf with only Count=N marks the node INVAL.  Character
+# devices nobody uses give SLURM something to "bind"; a job that asks for one gets CUDA_VISIBLE_DEVICES.
+devices=(/dev/null /dev/zero /dev/full /dev/urandom)
+((gpus >= 1 && gpus <= ${#devices[@]})) || die "WSSS_SLURM_GPUS must be 1 to ${#devices[@]}, got $gpus"
+{
+    echo "$MARKER"
+    for ((i = 0; i < gpus; i++)); do echo "NodeName=$host Name=gpu File=${devices[i]}"; done
+} >"$gres"
 
 if [[ ${WSSS_SLURM_NO_ETC:-0} != 1 ]]; then
     install -d -m 0755 /etc/slurm
@@ -225,7 +229,7 @@ while :; do
 done
 
 elapsed=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN {printf "%.1f", b - a}')
-log "node $host is $state (CPUs=$cpus RealMemory=${real_mb}MB Gres=gpu:1; partitions $partition*, cpu, gpu) after ${elapsed}s"
+log "node $host is $state (CPUs=$cpus RealMemory=${real_mb}MB Gres=gpu:$gpus; partitions $partition*, cpu, gpu) after ${elapsed}s"
 if [[ ${WSSS_SLURM_NO_ETC:-0} == 1 ]]; then
     log "clients need: export SLURM_CONF=$conf"
 fi

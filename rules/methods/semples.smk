@@ -7,6 +7,7 @@
 rule semples_phase1:
     input:
         manifest=f"{OUT}/manifests/{PSEUDO_SPLIT}.tsv",
+        checked=checked_manifests,
         deit=deit_input,
         clip=critic_input("phase1"),
     output:

@@ -21,12 +21,10 @@ def load_configured_clip(clip: Mapping[str, Any], checkpoint: Sequence[str | Pat
         if len(checkpoint) != 1:
             raise ValueError("clip.model 'demo' needs the demo CLIP checkpoint as the rule's clip input")
         model = load_demo_clip(checkpoint[0], device)
-        info = torch.load(checkpoint[0], map_location="cpu", weights_only=False)
-        mean, std = tuple(info["image_mean"]), tuple(info["image_std"])
         tokenizer = get_tokenizer("ViT-B-16", context_length=int(model.context_length))
     else:
         model = load_clip(clip["model"], clip["pretrained"], sha256=clip.get("sha256"), device=device,
                           precision=clip.get("precision", "fp16"))
-        mean, std = image_stats(model)
         tokenizer = get_tokenizer(clip["model"])
+    mean, std = image_stats(model)  # the demo checkpoint's own statistics, or the pretrained model's
     return model, tokenizer, mean, std

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence
 
 import numpy as np
@@ -11,7 +12,9 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP, get_model_preprocess_cfg
 from PIL import Image
 
-__all__ = ["image_stats", "resize_to_patch_multiple", "image_to_tensor", "preprocess_image"]
+from wsss.images import decode_image
+
+__all__ = ["image_stats", "resize_to_patch_multiple", "image_to_tensor", "preprocess_image", "preprocess_file"]
 
 
 def image_stats(model: CLIP | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -64,3 +67,14 @@ def preprocess_image(
 ) -> torch.Tensor:
     """CLIP-ES preprocessing: bicubic resize (by scale) to a patch multiple, then RGB, then normalise."""
     return image_to_tensor(resize_to_patch_multiple(image, patch, scale), mean, std)
+
+
+def preprocess_file(
+    path: str | os.PathLike,
+    patch: int,
+    mean: Sequence[float] = OPENAI_DATASET_MEAN,
+    std: Sequence[float] = OPENAI_DATASET_STD,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """CLIP-ES preprocessing of an image file, decoded by the pipeline's one decoder (the CRF's pixels)."""
+    return preprocess_image(Image.fromarray(decode_image(path)), patch, mean, std, scale)

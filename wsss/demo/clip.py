@@ -36,6 +36,7 @@ from wsss.demo.clip_settings import DEFAULT_SETTINGS, resolve_settings
 from wsss.clip.factory import build_clip
 from wsss.clip.transformer import block_forward_with_attention, interpolate_pos_embed
 from wsss.devices import default_device
+from wsss.images import decode_image
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -157,8 +158,7 @@ def load_pairs(
             path = world_root / "JPEGImages" / f"{image_id}.jpg"
             if not path.is_file():
                 raise FileNotFoundError(f"demo_clip: image {path} not found")
-            with Image.open(path) as im:
-                images.append(_to_store(np.asarray(im.convert("RGB")), store_size))
+            images.append(_to_store(decode_image(path), store_size))
             texts.append(captions[image_id])
             ids.append(image_id)
     if fresh_scenes:

@@ -14,9 +14,7 @@ and mask are thus two views of the same high-resolution instance map and agree e
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -25,6 +23,7 @@ from xml.sax.saxutils import escape
 import numpy as np
 from PIL import Image, ImageDraw
 
+from wsss.atomic import atomic_output
 from wsss.palette import voc_palette  # noqa: F401  (re-exported: the demo world's PNG palette)
 
 GENERATOR_VERSION = "1.0"
@@ -867,22 +866,13 @@ def generate_demo_world(
             raise FileExistsError(f"generate_demo_world: {root} exists and is not a directory")
         if any(root.iterdir()) and not overwrite:
             raise FileExistsError(f"generate_demo_world: {root} exists and is not empty (pass overwrite=True)")
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.partial-", dir=root.parent))
-    try:
+    # a temporary sibling folder replaces root at the end; one a killed run left is removed first
+    with atomic_output(root) as tmp:
+        tmp.mkdir()
         summary = _write_world(tmp, seed, {"train": n_train, "val": n_val, "clip_pretrain": n_clip},
                                min_size, max_size, max_objects, border_width, jpeg_quality)
-        os.chmod(tmp, 0o755)  # mkdtemp makes 0700 folders
         if root.exists():
-            trash = Path(tempfile.mkdtemp(prefix=f".{root.name}.old-", dir=root.parent))
-            os.rename(root, trash / "old")
-            os.rename(tmp, root)
-            shutil.rmtree(trash)
-        else:
-            os.rename(tmp, root)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+            shutil.rmtree(root)
     return summary
 
 

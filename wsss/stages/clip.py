@@ -20,9 +20,10 @@ from wsss.classes import Vocabulary
 from wsss.clip.configured import load_configured_clip
 from wsss.clip.factory import patch_size
 from wsss.clip.transform import preprocess_image
-from wsss.datasets import read_manifest
+from wsss.datasets import read_manifest, usable_rows
 from wsss.devices import default_device
 from wsss.h5store import write_stage
+from wsss.images import decode_image
 from wsss.text_features import text_features
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def run_prompt_ranking(
     from wsss.prompt_selection import rank_templates
 
     model, tokenizer, mean, std = load_configured_clip(clip, checkpoint, default_device())
-    table = read_manifest(manifest_path)
+    table, _ = usable_rows(read_manifest(manifest_path))
     table = table[table["labels"].map(len) >= 2].head(max_images)
     if table.empty:
         raise ValueError(f"{manifest_path}: no multi-label images to rank prompt templates on")
@@ -85,9 +86,8 @@ def run_prompt_ranking(
     side = int(size[0]) if isinstance(size, tuple) else int(size)
     images = []
     for path in table["image_path"]:
-        with Image.open(path) as image:
-            images.append(preprocess_image(image.resize((side, side), Image.Resampling.BICUBIC), patch_size(model),
-                                           mean, std))
+        image = Image.fromarray(decode_image(path)).resize((side, side), Image.Resampling.BICUBIC)
+        images.append(preprocess_image(image, patch_size(model), mean, std))
     ranking = rank_templates(model, tokenizer, images, list(table["labels"]), vocabulary.prompt_names,
                              vocabulary.background_words, list(candidates))
     with atomic_output(out_path) as tmp:

@@ -11,7 +11,8 @@ import numpy as np
 from PIL import Image
 
 from wsss import cam_shards
-from wsss.classes import dataset_vocabulary
+from wsss.atomic import write_text_atomic
+from wsss.classes import dataset_classes
 from wsss.datasets import read_manifest
 from wsss.h5store import image_ids, iter_images, open_stage
 from wsss.crf import training_labels, upsample_cams
@@ -96,7 +97,7 @@ def evaluate_cams(
     if oracle_threshold is not None:
         thresholds = [read_threshold(oracle_threshold)]
     rules = background_rules(alphas, thresholds)
-    classes = dataset_vocabulary(dataset).classes
+    classes = dataset_classes(dataset)
     n_class = len(classes) + 1
     targets = _eval_targets(manifest_paths)
     hists: dict[tuple[str, str, str], np.ndarray] = {}
@@ -147,7 +148,7 @@ def evaluate_label_maps(
     With a confidence threshold (pseudo masks), also report the ignored fraction and the accuracy of
     confident pixels against all pixels.
     """
-    classes = dataset_vocabulary(dataset).classes
+    classes = dataset_classes(dataset)
     n_class = len(classes) + 1
     targets = _eval_targets(manifest_paths)
     hists: dict[tuple[str, str], np.ndarray] = {}
@@ -217,7 +218,7 @@ def evaluate_predictions(
     for row in table.itertuples(index=False):
         cells = [row[0]] + [f"{100 * v:.1f}" if v == v else "–" for v in row[1:]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    Path(per_class_md_path).write_text("IoU (%) per class\n\n" + "\n".join(lines) + "\n")
+    write_text_atomic(per_class_md_path, "IoU (%) per class\n\n" + "\n".join(lines) + "\n")
 
 
 # The release's sweep of the background threshold against ground truth (SemPLeS spec §5.5, §7)
@@ -237,7 +238,7 @@ def select_threshold(
     As the release does, the sweep runs upwards and stops at the first threshold that scores lower than
     the one before. Only for ``gt_select`` instances, whose results are then marked oracle.
     """
-    n_class = len(dataset_vocabulary(dataset).classes) + 1
+    n_class = len(dataset_classes(dataset)) + 1
     targets = _eval_targets(manifest_paths)
     hists = {threshold: 0 for threshold in thresholds}
     for image_id, stored in iter_images(cam_files, locking):

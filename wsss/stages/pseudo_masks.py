@@ -10,7 +10,7 @@ from typing import Any
 
 from wsss.crf import CrfConfig, crf_many, training_labels
 from wsss.datasets import read_manifest
-from wsss.h5store import image_ids, iter_images, open_stage, put_image, set_image_order, write_stage
+from wsss.h5store import image_ids, iter_images, open_stage, put_image, set_image_order, skipped_images, write_stage
 from wsss.masks_png import export_layout
 from wsss.oracle import read_threshold
 from wsss.shards import shard_rows
@@ -55,7 +55,8 @@ def run_crf(
         if unknown:
             raise ValueError(f"{cams_path}: image {unknown[0]!r} is not in shard {shard} of {manifest_path}")
         items = ((i, paths[i], cams[i]["cam"][()], cams[i]["keys"][()]) for i in ids)
-        with write_stage(out_path, "crf", dict(section), inputs=[cams_path, manifest_path], locking=locking) as out:
+        with write_stage(out_path, "crf", dict(section), inputs=[cams_path, manifest_path], locking=locking,
+                         skipped=skipped_images(cams)) as out:
             for image_id, labels, confidence in crf_many(
                 items, cfg, workers=workers, progress_stream=sys.stderr, total=len(ids)
             ):

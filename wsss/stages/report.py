@@ -5,17 +5,24 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from pathlib import Path
 
 import pandas as pd
 
-from wsss.tables import summarize
+from wsss.datasets import read_manifest
+from wsss.tables import image_counts, summarize
 
 log = logging.getLogger(__name__)
 
 
-def write_summary(metric_files: Sequence[str | os.PathLike], csv_path: str | os.PathLike,
-                  md_path: str | os.PathLike, oracle_methods: Sequence[str] = ()) -> pd.DataFrame:
-    """Join the metric tables into summary.csv and summary.md (one row per method, stage and split)."""
-    table = summarize(metric_files, csv_path, md_path, oracle_methods)
+def write_summary(metric_files: Sequence[str | os.PathLike], manifest_files: Sequence[str | os.PathLike],
+                  csv_path: str | os.PathLike, md_path: str | os.PathLike,
+                  oracle_methods: Sequence[str] = ()) -> pd.DataFrame:
+    """Join the metric tables into summary.csv and summary.md (one row per method, stage and split).
+
+    summary.md ends with the images of each split and how many were skipped, and why.
+    """
+    counts = {Path(path).stem: image_counts(read_manifest(path)) for path in manifest_files}
+    table = summarize(metric_files, csv_path, md_path, oracle_methods, split_images=counts)
     log.info("summary of %d tables: %d methods, %d rows", len(metric_files), table["method"].nunique(), len(table))
     return table

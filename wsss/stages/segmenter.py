@@ -15,21 +15,16 @@ from PIL import Image
 
 from wsss.atomic import atomic_output
 from wsss.crf import CrfConfig, crf_image, dense_crf, training_labels, unary_from_probabilities
-from wsss.datasets import read_manifest
+from wsss.datasets import read_manifest, usable_rows
 from wsss.devices import default_device
 from wsss.h5store import file_digest, image_ids, normalise_locking, params_digest, open_stage, put_image, set_image_order, write_stage
+from wsss.images import decode_image
 from wsss.segmenter.predict import predict_probs
 from wsss.segmenter.train import SegmenterConfig, load_segmenter, train_segmenter
 from wsss.shards import shard_rows
 from wsss.stages.pseudo_masks import crf_config, recipe_threshold
 
 log = logging.getLogger(__name__)
-
-
-def load_rgb(path: str | Path) -> np.ndarray:
-    """An image file as uint8 RGB (H, W, 3)."""
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"))
 
 
 class PseudoMaskDataset(torch.utils.data.Dataset):
@@ -58,7 +53,7 @@ class PseudoMaskDataset(torch.utils.data.Dataset):
             handle = self._handles[crf_file] = h5py.File(crf_file, "r", locking=self.locking)
         group = handle[image_id]
         label = training_labels(group["labels"][()], group["confidence"][()], self.threshold)
-        return {"image": load_rgb(image_path), "label": label, "id": image_id}
+        return {"image": decode_image(image_path), "label": label, "id": image_id}
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -115,15 +110,16 @@ def run_prediction(
     """Predict one shard of a split: multi-scale (+flip) probabilities, argmax, optional dense CRF."""
     model = load_segmenter(model_path, device=default_device())
     normalisation = torch.load(model_path, map_location="cpu", weights_only=True)["config"]["normalisation"]
-    table = shard_rows(read_manifest(manifest_path), shard, shard_size)
+    table, skipped = usable_rows(shard_rows(read_manifest(manifest_path), shard, shard_size), keep_unlabeled=True)
     scales = tuple(predict["scales"])
     flip = bool(predict["flip"])
     crf_settings = {k: v for k, v in predict["crf"].items() if k != "enabled"}
     crf = crf_config({**crf_settings, "mode": "prob_unary"}) if predict["crf"]["enabled"] else None
     params = dict(predict)
-    with write_stage(out_path, "predictions", params, inputs=[model_path, manifest_path], locking=locking) as out:
+    with write_stage(out_path, "predictions", params, inputs=[model_path, manifest_path], locking=locking,
+                     skipped=skipped) as out:
         for row in table.itertuples(index=False):
-            image = load_rgb(row.image_path)
+            image = decode_image(row.image_path)
             probs = predict_probs(model, image, scales=scales, flip=flip, normalisation=normalisation)
             arrays = {"labels": np.argmax(probs, axis=0).astype(np.uint8)}
             if crf is not None:

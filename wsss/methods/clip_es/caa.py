@@ -12,7 +12,7 @@ import torch
 
 from wsss import cam_shards
 from wsss.affinity import refine_cams, sinkhorn_affinity
-from wsss.h5store import get_image, image_ids, open_stage, set_image_order, write_stage
+from wsss.h5store import get_image, image_ids, open_stage, set_image_order, skipped_images, write_stage
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ def run_caa(
     empty_total = 0
     with open_stage(gradcam_path, locking) as cams, open_stage(affinity_path, locking) as affinity, \
             write_stage(out_path, cam_shards.STAGE, dict(caa), inputs=[gradcam_path, affinity_path],
-                        locking=locking) as out:
+                        locking=locking, skipped=skipped_images(cams)) as out:
         ids = image_ids(cams)
         for image_id in ids:
             stored = get_image(cams, image_id)

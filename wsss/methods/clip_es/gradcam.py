@@ -9,12 +9,11 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
 
 from wsss.clip.configured import load_configured_clip
 from wsss.clip.factory import patch_size
-from wsss.clip.transform import preprocess_image
-from wsss.datasets import read_manifest
+from wsss.clip.transform import preprocess_file
+from wsss.datasets import read_manifest, usable_rows
 from wsss.devices import default_device
 from wsss.gradcam import softmax_gradcam
 from wsss.h5store import open_stage, put_image, set_image_order, write_stage
@@ -39,7 +38,7 @@ def run_gradcam(
     device = default_device()
     model, _, mean, std = load_configured_clip(clip, checkpoint, device)
     table = shard_rows(read_manifest(manifest_path), shard, shard_size)
-    table = table[table["skip_reason"] == ""]
+    table, skipped = usable_rows(table)
     with open_stage(text_path, locking) as text:
         foreground = torch.from_numpy(text["foreground"][()]).to(device)
         background = torch.from_numpy(text["background"][()]).to(device)
@@ -47,11 +46,11 @@ def run_gradcam(
     inputs = [manifest_path, text_path, *checkpoint]
     params = {"clip": dict(clip), "cam": dict(cam)}
     patch = patch_size(model)
-    with write_stage(cams_path, "gradcam", params, inputs=inputs, locking=locking) as cams_out, \
-            write_stage(affinity_path, "affinity", params, inputs=inputs, locking=locking) as affinity_out:
+    with write_stage(cams_path, "gradcam", params, inputs=inputs, locking=locking, skipped=skipped) as cams_out, \
+            write_stage(affinity_path, "affinity", params, inputs=inputs, locking=locking,
+                        skipped=skipped) as affinity_out:
         for row in table.itertuples(index=False):
-            with Image.open(row.image_path) as image:
-                tensor = preprocess_image(image, patch, mean, std, scale=float(cam["input_scale"]))
+            tensor = preprocess_file(row.image_path, patch, mean, std, scale=float(cam["input_scale"]))
             keys = np.asarray(row.labels, dtype=np.int64)
             result = softmax_gradcam(model, tensor, foreground[torch.from_numpy(keys).to(device)], background,
                                      **options)

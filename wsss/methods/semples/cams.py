@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from wsss.cam_shards import put_cams
-from wsss.datasets import read_manifest
+from wsss.datasets import read_manifest, usable_rows
 from wsss.h5store import set_image_order, write_stage
 from wsss.methods.semples.data import IMAGENET_MEAN, IMAGENET_STD, load_rgb
 from wsss.methods.semples.train import load_model
@@ -66,9 +66,10 @@ def run_cams(manifest_path: str | Path, shard: str, shard_size: int, model_path:
     """Write one shard's SemPLeS CAMs (``cam`` at image resolution) in the method contract."""
     model = load_model(model_path)
     table = shard_rows(read_manifest(manifest_path), shard, shard_size)
-    table = table[table["skip_reason"] == ""]
+    table, skipped = usable_rows(table)
     params = {"cam": dict(cam)}
-    with write_stage(out_path, "cams", params, inputs=[manifest_path, model_path], locking=locking) as out:
+    with write_stage(out_path, "cams", params, inputs=[manifest_path, model_path], locking=locking,
+                     skipped=skipped) as out:
         for row in table.itertuples(index=False):
             keys = np.asarray(row.labels, dtype=np.int64)
             maps = multiscale_cams(model, load_rgb(row.image_path), keys, cam["scales"], bool(cam["flip"]))

@@ -15,6 +15,7 @@ from timm.data.constants import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
 from wsss.checkpoints import mix_seed
 from wsss.datasets import read_manifest
+from wsss.images import decode_image
 
 __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "LabelledImages", "training_transform", "multi_hot", "load_rgb"]
 
@@ -23,9 +24,8 @@ IMAGENET_STD = tuple(IMAGENET_DEFAULT_STD)
 
 
 def load_rgb(path: str | Path) -> Image.Image:
-    """An image file as an RGB PIL image, fully decoded."""
-    with Image.open(path) as image:
-        return image.convert("RGB")
+    """An image file as an RGB PIL image, decoded by the pipeline's one decoder."""
+    return Image.fromarray(decode_image(path))
 
 
 def multi_hot(labels: Sequence[int], num_classes: int) -> torch.Tensor:
