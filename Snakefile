@@ -33,9 +33,11 @@ include: "rules/report.smk"
 localrules:
     all,
     summary,
+    run_manifest,
 
 
 rule all:
     default_target: True
     input:
         all_targets(),
+        f"{OUT}/manifest.json",

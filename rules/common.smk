@@ -131,10 +131,13 @@ def res(rule_name, key, default):
 
 
 def method_targets(name):
-    """What one instance produces: pseudo masks (PNG export), their scores, and the segmenter's."""
+    """What one instance produces: pseudo masks (PNG export), their scores, the segmenter, its predictions
+    (PNG export) and their scores."""
     targets = [f"{OUT}/{name}/pseudo_masks/{PSEUDO_SPLIT}/list.txt", *method_tables(name)]
     if METHODS[name]["segmenter"]:
         targets.append(f"{OUT}/{name}/segmenter/model.pt")
+        if EVAL_SPLIT:
+            targets.append(f"{OUT}/{name}/predicted_masks/{EVAL_SPLIT}/list.txt")
     return targets
 
 
@@ -154,6 +157,18 @@ def all_targets():
     for name in sorted(METHODS):
         targets += method_targets(name)
     return targets
+
+
+def named_weights():
+    """Config key -> the weight file it names, for the run manifest (open_clip tags name no file)."""
+    named = {
+        "clip.pretrained": config["clip"].get("pretrained"),
+        "segmenter.train.init_path": config["segmenter"]["train"].get("init_path"),
+    }
+    for name in instances_of(METHODS, "semples"):
+        named[f"methods.{name}.weaktr.checkpoint"] = METHODS[name]["weaktr"].get("checkpoint")
+        named[f"methods.{name}.critic.pretrained"] = METHODS[name]["critic"].get("pretrained")
+    return {key: path for key, path in named.items() if path}
 
 
 def settings(value):

@@ -1,4 +1,5 @@
-# Report: every instance's metric rows joined into one summary table (one row per method, stage, split).
+# Report: every instance's metric rows joined into one summary table (one row per method, stage, split),
+# and the run's provenance manifest (package versions, commit, config, digests of weights and outputs).
 
 
 rule summary:
@@ -17,3 +18,23 @@ rule summary:
         code=code_digest("summary.py"),
     script:
         "../workflow_scripts/summary.py"
+
+
+rule run_manifest:
+    input:
+        results=all_targets(),
+        manifests=expand(f"{OUT}/manifests/{{split}}.tsv", split=sorted(SHARDS)),
+    output:
+        f"{OUT}/manifest.json",
+    log:
+        f"{OUT}/logs/run_manifest.log",
+    conda:
+        "../envs/wsss.yaml"
+    params:
+        run_dir=lambda wc, output: os.path.dirname(output[0]),
+        config=settings(config),
+        weights=named_weights(),
+        workflow_dir=str(WORKFLOW_ROOT),
+        code=code_digest("run_manifest.py"),
+    script:
+        "../workflow_scripts/run_manifest.py"

@@ -1,5 +1,6 @@
 # Shared tail, part 2: DeepLabV2 trained on an instance's confidence-masked pseudo masks, then predicted
-# shard by shard on the evaluation split. Instances with `segmenter: false` stop before this.
+# shard by shard on the evaluation split, and exported as palette PNGs (VOC test-server format).
+# Instances with `segmenter: false` stop before this.
 
 
 rule train_segmenter:
@@ -58,3 +59,25 @@ rule predict:
         code=code_digest("predict.py"),
     script:
         "../workflow_scripts/predict.py"
+
+
+rule export_predictions:
+    input:
+        predictions=lambda wc: shard_files(
+            f"{OUT}/{wc.method}/predictions/{{split}}/{{shard}}.h5", wc.split
+        ),
+        manifest=f"{OUT}/manifests/{{split}}.tsv",
+    output:
+        masks=directory(f"{OUT}/{{method}}/predicted_masks/{{split}}/SegmentationClassPred"),
+        listing=f"{OUT}/{{method}}/predicted_masks/{{split}}/list.txt",
+    log:
+        f"{OUT}/{{method}}/logs/export_predictions/{{split}}.log",
+    wildcard_constraints:
+        method=one_of(SEGMENTER_METHODS),
+    conda:
+        "../envs/wsss.yaml"
+    params:
+        hdf5=settings(config["hdf5"]),
+        code=code_digest("export_predictions.py"),
+    script:
+        "../workflow_scripts/export_predictions.py"

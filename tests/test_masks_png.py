@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import stat
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -67,12 +69,19 @@ def test_read_label_png_errors(tmp_path):
         read_label_png(rgb)
 
 
+def _images(folder, names):
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        Image.fromarray(np.zeros((5, 6, 3), np.uint8)).save(folder / name)
+    return {Path(name).stem: folder / name for name in names}
+
+
 def test_export_layout_deeplab_and_mmseg_lists(tmp_path):
     images = tmp_path / "VOC2012" / "JPEGImages"
-    images.mkdir(parents=True)
+    paths = _images(images, ["2007_000032.jpg", "2007_000039.jpg"])
     masks = [("2007_000032", np.full((5, 6), 1, dtype=np.uint8)), ("2007_000039", np.full((5, 6), 255, dtype=np.uint8))]
     out = tmp_path / "pseudo"
-    list_path = export_layout(out, iter(masks), split="train", image_dir=images)
+    list_path = export_layout(out, iter(masks), paths, split="train")
     assert list_path == out / "list" / "train.txt"
     lines = list_path.read_text().splitlines()
     assert lines == [
@@ -86,18 +95,49 @@ def test_export_layout_deeplab_and_mmseg_lists(tmp_path):
         np.testing.assert_array_equal(
             read_label_png(os.path.join(out, mask_rel[1:])), dict(masks)[mask_rel.split("/")[-1][:-4]]
         )
-        assert os.path.dirname(os.path.join(out, image_rel[1:])) == str(out / "JPEGImages")
+        assert os.path.isfile(os.path.join(out, image_rel[1:]))
     assert (out / "JPEGImages").is_symlink() and (out / "JPEGImages").resolve() == images.resolve()
     # idempotent re-export, and no leading slash on request
-    export_layout(out, masks, split="train", image_dir=images, leading_slash=False)
+    export_layout(out, masks, paths, split="train", leading_slash=False)
     assert list_path.read_text().splitlines()[0] == "JPEGImages/2007_000032.jpg SegmentationClassPseudo/2007_000032.png"
+
+
+def test_export_layout_lists_png_images_and_images_from_two_folders(tmp_path):
+    paths = {**_images(tmp_path / "a", ["cat1.png", "dog2.png"]), **_images(tmp_path / "b" / "more", ["both.jpeg"])}
+    masks = [(image_id, np.zeros((5, 6), np.uint8)) for image_id in ("cat1", "both", "dog2")]
+    out = tmp_path / "export"
+    lines = export_layout(out, masks, paths, split="train").read_text().splitlines()
+    assert [line.split()[0] for line in lines] == ["/JPEGImages/cat1.png", "/JPEGImages/both.jpeg", "/JPEGImages/dog2.png"]
+    for line in lines:  # every entry resolves to its own image, wherever it lives
+        image = out / line.split()[0][1:]
+        assert image.is_symlink() and image.resolve() == paths[Path(image.name).stem].resolve()
+    # one folder again: the per-image links give way to a link to that folder
+    export_layout(out, masks[:1], {"cat1": paths["cat1"]}, split="train")
+    assert (out / "JPEGImages").is_symlink() and (out / "JPEGImages" / "cat1.png").is_file()
+
+
+@pytest.mark.parametrize(("umask", "file_mode", "dir_mode"), [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_exported_files_follow_the_umask(tmp_path, umask, file_mode, dir_mode):
+    paths = _images(tmp_path / "images", ["x.jpg"])
+    previous = os.umask(umask)
+    try:
+        list_path = export_layout(tmp_path / "out", [("x", np.zeros((5, 6), np.uint8))], paths)
+    finally:
+        os.umask(previous)
+    for path in (list_path, list_path.parent / "train_ids.txt", tmp_path / "out" / "SegmentationClassPseudo" / "x.png"):
+        assert stat.S_IMODE(path.stat().st_mode) == file_mode, path
+    for folder in (tmp_path / "out" / "SegmentationClassPseudo", list_path.parent):
+        assert stat.S_IMODE(folder.stat().st_mode) == dir_mode, folder
 
 
 def test_export_layout_rejects_bad_ids(tmp_path):
     mask = np.zeros((2, 2), dtype=np.uint8)
+    paths = _images(tmp_path / "images", ["a.jpg", "b.jpg"])
     with pytest.raises(ValueError, match="duplicate image id 'a'"):
-        export_layout(tmp_path, [("a", mask), ("a", mask)])
+        export_layout(tmp_path / "out", [("a", mask), ("a", mask)], paths)
     with pytest.raises(ValueError, match="bad image id"):
-        export_layout(tmp_path, [("x/y", mask)])
-    with pytest.raises(FileNotFoundError, match="no_such_dir"):
-        export_layout(tmp_path, [("b", mask)], image_dir=tmp_path / "no_such_dir")
+        export_layout(tmp_path / "out", [("x/y", mask)], paths)
+    with pytest.raises(ValueError, match="no image path for image id 'c'"):
+        export_layout(tmp_path / "out", [("c", mask)], paths)
+    with pytest.raises(FileNotFoundError, match="gone.jpg"):
+        export_layout(tmp_path / "out", [("b", mask)], {"b": tmp_path / "gone.jpg"})

@@ -2,7 +2,9 @@
 
 Checks that the run completes through `--executor slurm` with the repository's SLURM profile, that
 GPU rules were submitted with a GPU request and CPU rules without one (read from SLURM's own job
-records), and that the outputs equal those of a local `--cores` run of the same configuration.
+records), and that the outputs equal those of a local `--cores` run of the same configuration: the
+HDF5 stages array by array, the exported PNGs and the metric tables byte by byte (two runs from
+nothing on CPU are deterministic).
 Where SLURM cannot be started (not root, no packages) the test skips loudly; in CI it fails instead.
 """
 
@@ -28,6 +30,7 @@ GPU_RULES = {"train_demo_clip", "text_features", "clip_es_gradcam", "clip_es_gra
              "train_segmenter", "predict", "semples_phase1", "semples_match", "semples_prompts", "semples_refine",
              "semples_cams"}
 CPU_RULES = {"generate_demo_world", "manifest", "clip_es_caa", "crf", "evaluate_cams", "export_pseudo_masks",
+             "export_predictions",
              "evaluate_pseudo_masks", "evaluate_segmenter"}
 COMPARED_STAGES = ("clip_es/gradcam", "clip_es/cams", "clip_es/crf", "clip_es/predictions", "clip_es_logit/cams",
                    "semples/cams", "semples/crf")
@@ -130,7 +133,7 @@ def test_workflow_on_slurm_matches_local_run(cluster, tmp_path, capsys):
             assert "gpu" not in tres, f"CPU rule job {comment} requested a GPU ({tres})"
     assert GPU_RULES <= seen, f"GPU rules missing from SLURM's records: {GPU_RULES - seen}"
     assert any("crf" in rule for rule in seen) and any("caa" in rule for rule in seen)
-    assert {"summary", "all"}.isdisjoint(seen), "local rules must not be submitted"
+    assert {"summary", "run_manifest", "all"}.isdisjoint(seen), "local rules must not be submitted"
 
     run = Path("results") / config["run"]
     for stage in COMPARED_STAGES:
@@ -142,3 +145,11 @@ def test_workflow_on_slurm_matches_local_run(cluster, tmp_path, capsys):
             assert expected.keys() == got.keys(), f"{slurm_file}: different datasets"
             for name, array in expected.items():
                 np.testing.assert_array_equal(got[name], array, err_msg=f"{slurm_file}:{name}")
+    # Determinism: the two runs started from nothing, on CPU, so their exports and tables are byte-identical.
+    for pattern in ("*/pseudo_masks/*/SegmentationClassPseudo/*.png", "*/pseudo_masks/*/list.txt",
+                    "*/predicted_masks/*/SegmentationClassPred/*.png", "*/tables/*.csv", "tables/summary.*"):
+        local_files = sorted((local_dir / run).glob(pattern))
+        assert local_files, f"the local run wrote no {pattern}"
+        for local_file in local_files:
+            slurm_file = slurm_dir / local_file.relative_to(local_dir)
+            assert slurm_file.read_bytes() == local_file.read_bytes(), f"{slurm_file} differs from {local_file}"

@@ -188,27 +188,29 @@ def test_caa_parameter_with_kept_affinity_schedules_no_gradcam_jobs(tiny_run, tm
 def test_crf_parameter_reruns_only_crf_and_what_follows(tiny_run, tmp_path):
     jobs, _ = _scheduled(tiny_run, tmp_path, methods={"clip_es": {"pseudo_masks": {"crf": {"iters": 3}}}})
     assert set(jobs) == {"crf", "evaluate_pseudo_masks", "export_pseudo_masks", "train_segmenter", "predict",
-                         "evaluate_segmenter", "summary", "all"}
+                         "export_predictions", "evaluate_segmenter", "summary", "run_manifest", "all"}
 
 
 def test_confidence_threshold_is_applied_downstream_of_the_crf(tiny_run, tmp_path):
     jobs, _ = _scheduled(tiny_run, tmp_path, methods={"clip_es": {"pseudo_masks": {"confidence_threshold": 0.9}}})
     assert set(jobs) == {"export_pseudo_masks", "evaluate_pseudo_masks", "train_segmenter", "predict",
-                         "evaluate_segmenter", "summary", "all"}
+                         "export_predictions", "evaluate_segmenter", "summary", "run_manifest", "all"}
 
 
 def test_lambda3_reruns_stage_c_and_that_instance_only(tiny_run, tmp_path):
     jobs, methods = _scheduled(tiny_run, tmp_path, methods={"semples": {"refine": {"lambda3": 0.2}}})
     assert set(jobs) == {"semples_refine", "semples_cams", "crf", "evaluate_cams", "evaluate_pseudo_masks",
-                         "export_pseudo_masks", "summary", "all"}, "not phase 1, stage a or b, nor CLIP-ES"
+                         "export_pseudo_masks", "summary", "run_manifest", "all"}, "not phase 1, stage a or b, nor CLIP-ES"
     assert set().union(*methods.values()) == {"semples"}
 
 
 def test_segmenter_settings_rerun_only_their_own_rules(tiny_run, tmp_path):
     jobs, _ = _scheduled(tiny_run, tmp_path, segmenter={"train": {"lr": 0.02}})
-    assert set(jobs) == {"train_segmenter", "predict", "evaluate_segmenter", "summary", "all"}
+    assert set(jobs) == {"train_segmenter", "predict", "export_predictions", "evaluate_segmenter", "summary",
+                         "run_manifest", "all"}
     jobs, _ = _scheduled(tiny_run, tmp_path, segmenter={"predict": {"flip": False}})
-    assert set(jobs) == {"predict", "evaluate_segmenter", "summary", "all"}, "test-time options retrain"
+    assert set(jobs) == {"predict", "export_predictions", "evaluate_segmenter", "summary", "run_manifest", "all"}, \
+        "test-time options retrain"
 
 
 def _workflow_copy(destination):
@@ -232,21 +234,22 @@ def _dry_run_of_copy(snakefile, workdir):
 
 
 AFTER_CAA = {"clip_es_caa", "crf", "evaluate_cams", "evaluate_pseudo_masks", "export_pseudo_masks", "train_segmenter",
-             "predict", "evaluate_segmenter", "summary", "all"}
+             "predict", "export_predictions", "evaluate_segmenter", "summary", "run_manifest", "all"}
 
 
 @pytest.mark.parametrize(
     ("module", "dependent"),
     [
         # only the segmenter's training imports its augmentation; prediction and scores follow its new model
-        ("segmenter/augment.py", {"train_segmenter": {"clip_es"}, "predict": {"clip_es"},
-                                  "evaluate_segmenter": {"clip_es"}, "summary": set(), "all": set()}),
+        ("segmenter/augment.py", {"train_segmenter": {"clip_es"}, "predict": {"clip_es"}, "export_predictions": {"clip_es"},
+                                  "evaluate_segmenter": {"clip_es"}, "summary": set(), "run_manifest": set(), "all": set()}),
         # the CAA refinement: the CAA rule of both instances and everything after it. GradCAM reruns only
         # where its temporary affinity input is gone (clip_es_logit); clip_es keeps its affinity.
-        ("affinity.py", {**{rule: {"clip_es", "clip_es_logit"} for rule in AFTER_CAA - {"summary", "all"}},
+        ("affinity.py", {**{rule: {"clip_es", "clip_es_logit"} for rule in AFTER_CAA - {"summary", "run_manifest", "all"}},
                          "train_segmenter": {"clip_es"}, "predict": {"clip_es"}, "evaluate_segmenter": {"clip_es"},
+                         "export_predictions": {"clip_es"},
                          "export_pseudo_masks": {"clip_es", "clip_es_logit"}, "clip_es_gradcam": {"clip_es_logit"},
-                         "summary": set(), "all": set()}),
+                         "summary": set(), "run_manifest": set(), "all": set()}),
     ],
 )
 def test_editing_a_deep_module_reruns_exactly_its_dependent_rules(tiny_run, tmp_path, module, dependent):
@@ -341,3 +344,30 @@ def test_segmenter_training_killed_after_a_checkpoint_resumes_to_identical_weigh
     assert expected["model"].keys() == got["model"].keys()
     for name, tensor in expected["model"].items():
         assert torch.equal(got["model"][name], tensor), name
+
+
+def test_run_manifest_records_provenance_and_verify_names_a_changed_file(tiny_run, tmp_path):
+    manifest_path = tiny_run / RUN / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["versions"]["torch"] == torch.__version__
+    assert {"python", "torch", "cuda", "open_clip", "snakemake", "pydensecrf"} <= set(manifest["versions"])
+    assert set(manifest["git"]) == {"commit", "dirty"}
+    assert manifest["config"]["run"] == "tiny" and len(manifest["config_digest"]) == 64
+    assert set(manifest["dataset_manifests"]) == {"manifests/train.tsv", "manifests/val.tsv"}
+    outputs = manifest["outputs"]
+    assert "tables/summary.csv" in outputs and "clip/demo_clip.pt" in outputs and "clip_es/segmenter/model.pt" in outputs
+    assert not any("/logs/" in f"/{name}" or name.endswith(".log") for name in outputs)
+    verify = [sys.executable, "-m", "wsss.provenance"]
+    workdir = tmp_path / "copy"
+    shutil.copytree(tiny_run, workdir, symlinks=True)
+    copied = workdir / RUN / "manifest.json"
+    passed = subprocess.run([*verify, str(copied)], capture_output=True, text=True)
+    assert passed.returncode == 0, passed.stdout + passed.stderr
+    assert f"all {len(outputs)} outputs" in passed.stdout
+    changed = workdir / RUN / "clip_es/pseudo_masks/train/list.txt"
+    data = bytearray(changed.read_bytes())
+    data[0] ^= 1  # one bit of one byte
+    changed.write_bytes(bytes(data))
+    failed = subprocess.run([*verify, str(copied)], capture_output=True, text=True)
+    assert failed.returncode == 1
+    assert failed.stdout.splitlines() == [f"{changed}: differs from the manifest (sha256 {outputs[str(changed.relative_to(workdir / RUN))][:12]}...)"]

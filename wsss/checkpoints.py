@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import csv
 import os
 import random
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import torch
 
-from wsss.atomic import torch_save_atomic
+from wsss.atomic import atomic_output, torch_save_atomic
 
-__all__ = ["mix_seed", "rng_state", "set_rng_state", "save_checkpoint"]
+__all__ = ["HISTORY_NAME", "mix_seed", "rng_state", "set_rng_state", "save_checkpoint", "write_history"]
+
+# the loss history every training rule writes beside its checkpoints
+HISTORY_NAME = "loss_history.csv"
 
 
 def mix_seed(*values: int) -> int:
@@ -43,3 +48,12 @@ def set_rng_state(state: dict) -> None:
 def save_checkpoint(obj: object, path: str | os.PathLike) -> None:
     """Write a checkpoint (any torch.save-able object) atomically: temporary sibling, fsync, rename."""
     torch_save_atomic(obj, path)
+
+
+def write_history(history: Sequence[Mapping[str, float]], path: str | os.PathLike) -> None:
+    """A training run's loss history (one row per epoch or logging window) as CSV, atomically."""
+    columns = list(dict.fromkeys(key for row in history for key in row))
+    with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(history)

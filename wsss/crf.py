@@ -27,9 +27,8 @@ from typing import Any, TextIO
 import cv2
 import numpy as np
 import pydensecrf.densecrf as dcrf
-from tqdm import tqdm
-
 from wsss.images import ImageDecodeError, decode_image
+from wsss.progress import progress
 
 __all__ = [
     "BGR_MEAN",
@@ -611,7 +610,8 @@ def crf_many(
     level with ``if __name__ == "__main__":``) with each worker pinned to one native thread. At most
     ``max_in_flight`` items (default 4 per worker) are submitted ahead of the consumer, so memory
     stays bounded for any input length; ``Pool.imap`` is not used because its feeder thread drains
-    the whole input iterator at once. A tqdm bar goes to ``progress_stream`` (None: no bar).
+    the whole input iterator at once. Progress (:func:`wsss.progress.progress`) goes to ``progress_stream``
+    (None: none).
     """
     cfg = _as_config(cfg)
     if isinstance(workers, bool) or not isinstance(workers, (int, np.integer)) or workers < 1:
@@ -621,7 +621,7 @@ def crf_many(
     window = int(max_in_flight) if max_in_flight is not None else 4 * int(workers)
     if window < 1:
         raise ValueError(f"crf_many: max_in_flight must be >= 1, got {max_in_flight!r}")
-    bar = tqdm(total=total, file=progress_stream, disable=progress_stream is None, desc="dense CRF", unit="img")
+    bar = progress(total=total, desc="dense CRF", stream=progress_stream, disable=progress_stream is None)
     try:
         if workers == 1:
             for item in items:

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+import shutil
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from wsss.image_ids import invalid_id_reason
 from wsss.palette import voc_palette
 
 MASK_DIR = "SegmentationClassPseudo"
+PREDICTION_DIR = "SegmentationClassPred"
 IMAGE_DIR = "JPEGImages"
 LIST_DIR = "list"
 
@@ -54,13 +56,17 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
 def export_layout(
     out_dir: str | os.PathLike,
     masks: Iterable[tuple[str, np.ndarray]],
+    image_paths: Mapping[str, str | os.PathLike],
     split: str = "train",
-    image_dir: str | os.PathLike | None = None,
+    mask_dir: str = MASK_DIR,
     leading_slash: bool = True,
 ) -> Path:
-    """Write masks as ``<out>/SegmentationClassPseudo/<id>.png`` and a list ``<out>/list/<split>.txt``; return the list path.
+    """Write masks as ``<out>/<mask_dir>/<id>.png`` and a list ``<out>/list/<split>.txt``; return the list path.
 
-    Each list line is ``/JPEGImages/<id>.jpg /SegmentationClassPseudo/<id>.png``.
+    Each list line is ``/JPEGImages/<image file name> /<mask_dir>/<id>.png``, with the image's own file
+    name (any extension). ``<out>/JPEGImages`` makes ``<out>`` a self-contained dataset root: a relative
+    link to the image folder when every image sits in one, else a folder of relative links, one per
+    image. Files and folders are created with the process's umask, like ``open()``.
 
     - deeplab-pytorch (``libs/datasets/voc.py``, ``VOCAug``) reads
       ``<root>/ImageSets/SegmentationAug/<split>.txt``, splits each line on one space and joins
@@ -69,19 +75,18 @@ def export_layout(
       list there, or point ``root`` at ``<out>``; the label PNGs are read with PIL as raw indices, and
       255 is the ``ignore_label``.
     - mmsegmentation (``PascalVOCDataset`` / ``BaseSegDataset``) takes ``data_root=<out>``,
-      ``data_prefix=dict(img_path='JPEGImages', seg_map_path='SegmentationClassPseudo')``, suffixes
-      ``.jpg`` / ``.png``, and an ``ann_file`` listing bare ids one per line: we write that as
-      ``<out>/list/<split>_ids.txt``. It also reads palette PNGs as indices and ignores 255.
+      ``data_prefix=dict(img_path='JPEGImages', seg_map_path=<mask_dir>)``, ``img_suffix`` the
+      images' extension (one per dataset), ``seg_map_suffix='.png'``, and an ``ann_file`` listing bare
+      ids one per line: we write that as ``<out>/list/<split>_ids.txt``. It also reads palette PNGs as
+      indices and ignores 255.
 
-    ``image_dir``, if given, is linked as ``<out>/JPEGImages`` (a relative symlink) so that ``<out>``
-    is a self-contained dataset root for both tools. Masks are written atomically one by one; the
-    list files are written last, so a complete list means all of its masks exist.
+    Masks are written atomically one by one; the list files are written last, so a complete list
+    means all of its masks exist.
     """
     out = Path(out_dir)
-    mask_dir = out / MASK_DIR
-    mask_dir.mkdir(parents=True, exist_ok=True)
     if not split or "/" in split or split.startswith("."):
         raise ValueError(f"export_layout: bad split name {split!r}")
+    (out / mask_dir).mkdir(parents=True, exist_ok=True)
     ids: list[str] = []
     seen: set[str] = set()
     for image_id, labels in masks:
@@ -90,31 +95,50 @@ def export_layout(
             raise ValueError(f"export_layout: bad image id {image_id!r} ({invalid_id_reason(image_id)})")
         if image_id in seen:
             raise ValueError(f"export_layout: duplicate image id {image_id!r}")
+        if image_id not in image_paths:
+            raise ValueError(f"export_layout: no image path for image id {image_id!r}")
         seen.add(image_id)
-        save_label_png(mask_dir / f"{image_id}.png", _check_labels(labels, f"image {image_id}"))
+        save_label_png(out / mask_dir / f"{image_id}.png", _check_labels(labels, f"image {image_id}"))
         ids.append(image_id)
-    if image_dir is not None:
-        _link_images(out, Path(image_dir))
+    sources = {image_id: Path(image_paths[image_id]) for image_id in ids}
+    _link_images(out, sources)
     slash = "/" if leading_slash else ""
-    lines = "".join(f"{slash}{IMAGE_DIR}/{i}.jpg {slash}{MASK_DIR}/{i}.png\n" for i in ids)
+    lines = "".join(f"{slash}{IMAGE_DIR}/{sources[i].name} {slash}{mask_dir}/{i}.png\n" for i in ids)
     list_path = out / LIST_DIR / f"{split}.txt"
     write_text_atomic(list_path, lines)
     write_text_atomic(out / LIST_DIR / f"{split}_ids.txt", "".join(f"{i}\n" for i in ids))
     return list_path
 
 
-def _link_images(out: Path, image_dir: Path) -> None:
-    """Make <out>/JPEGImages point to image_dir (kept if it already points there)."""
-    if not image_dir.is_dir():
-        raise FileNotFoundError(f"export_layout: image folder not found: {image_dir}")
+def _link_images(out: Path, sources: Mapping[str, Path]) -> None:
+    """Make <out>/JPEGImages show every source image under its own file name (see export_layout)."""
+    for source in sources.values():
+        if not source.is_file():
+            raise FileNotFoundError(f"export_layout: image not found: {source}")
     link = out / IMAGE_DIR
-    target = os.path.relpath(image_dir.resolve(), out.resolve())
+    folders = {source.parent.resolve() for source in sources.values()}
+    if len(folders) == 1:
+        folder = folders.pop()
+        if link.is_symlink() and link.resolve() == folder:
+            return
+        _clear(link)
+        os.symlink(os.path.relpath(folder, out.resolve()), link, target_is_directory=True)
+        return
     if link.is_symlink():
-        if link.resolve() == image_dir.resolve():
-            return
         link.unlink()
-    elif link.exists():
-        if link.resolve() == image_dir.resolve():
-            return
-        raise ValueError(f"export_layout: {link} exists and is not a link to {image_dir}")
-    os.symlink(target, link, target_is_directory=True)
+    link.mkdir(exist_ok=True)
+    for source in sources.values():
+        entry = link / source.name
+        if entry.is_symlink() or entry.exists():
+            entry.unlink()
+        os.symlink(os.path.relpath(source.resolve(), link.resolve()), entry)
+
+
+def _clear(link: Path) -> None:
+    """Remove an earlier export's JPEGImages (a link, or a folder holding only links)."""
+    if link.is_symlink():
+        link.unlink()
+    elif link.is_dir():
+        if not all(entry.is_symlink() for entry in link.iterdir()):
+            raise ValueError(f"export_layout: {link} holds files that are not links; not replacing it")
+        shutil.rmtree(link)

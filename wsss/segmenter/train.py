@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from wsss.checkpoints import mix_seed, rng_state, save_checkpoint, set_rng_state
+from wsss.checkpoints import HISTORY_NAME, mix_seed, rng_state, save_checkpoint, set_rng_state, write_history
 from wsss.devices import default_device
 from wsss.segmenter.augment import NORMALISATIONS, augment, normalise
 from wsss.segmenter.deeplab import ARCHITECTURES, BN_MODES, base_model, build_deeplab, initialise
@@ -320,12 +320,14 @@ def train_segmenter(
     use_amp = bool(cfg.amp) and device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     start = 0
+    history: list[dict[str, float]] = []  # one row per logging window: loss_history.csv beside the checkpoints
     if state is not None:
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
         set_rng_state(state["rng"])
         start = int(state["iteration"])
+        history = list(state.get("history", []))
         log(f"resuming from {ckpt_path} at iteration {start}/{cfg.iterations}")
 
     def checkpoint(iteration: int) -> None:
@@ -339,6 +341,7 @@ def train_segmenter(
                 "scheduler": scheduler.state_dict(),
                 "scaler": scaler.state_dict(),
                 "rng": rng_state(),
+                "history": history,
                 "dataset_len": len(dataset),
                 # the data order is a pure function of (seed, iteration); recorded for inspection
                 "data_order": {
@@ -349,6 +352,7 @@ def train_segmenter(
             },
             ckpt_path,
         )
+        write_history(history, out_dir / HISTORY_NAME)
 
     end = cfg.iterations if stop_after is None else min(cfg.iterations, int(stop_after))
     if start < end:
@@ -386,10 +390,11 @@ def train_segmenter(
             window.append(total)
             if done % cfg.log_every == 0 or done == end:
                 rate = len(window) / max(time.perf_counter() - t0, 1e-9)
-                log(
-                    f"iter {done}/{cfg.iterations} loss {sum(window) / len(window):.4f} lr {lr_used:.3g} "
-                    f"({rate:.2f} it/s)"
-                )
+                images_per_s = rate * cfg.samples_per_iteration
+                loss_mean = sum(window) / len(window)
+                log(f"iter {done}/{cfg.iterations} loss {loss_mean:.4f} lr {lr_used:.3g} "
+                    f"{images_per_s:.1f} img/s ETA {(cfg.iterations - done) / rate:.0f} s")
+                history.append({"iteration": done, "loss": loss_mean, "lr": lr_used, "images_per_s": images_per_s})
                 t0, window = time.perf_counter(), []
             if done % cfg.checkpoint_every == 0 or done == end:
                 checkpoint(done)

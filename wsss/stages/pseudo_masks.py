@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import logging
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from wsss.crf import CrfConfig, crf_many, training_labels
 from wsss.datasets import read_manifest
 from wsss.h5store import image_ids, iter_images, open_stage, put_image, set_image_order, skipped_images, write_stage
-from wsss.masks_png import export_layout
+from wsss.masks_png import MASK_DIR, export_layout
 from wsss.oracle import read_threshold
 from wsss.shards import shard_rows
 
@@ -79,17 +81,24 @@ def export_pseudo_masks(
     threshold = recipe_threshold(pseudo_masks)
     listing_path = Path(listing_path)
     out_dir = listing_path.parent
-    table = read_manifest(manifest_path)
-    image_dirs = {str(Path(p).parent) for p in table["image_path"]}
     masks = (
         (image_id, training_labels(stored["labels"], stored["confidence"], threshold))
         for image_id, stored in iter_images(crf_files, locking)
     )
-    written = export_layout(
-        out_dir, masks, split="list_tmp", image_dir=image_dirs.pop() if len(image_dirs) == 1 else None
-    )
+    count = publish_masks(masks, manifest_path, listing_path, MASK_DIR)
+    log.info("exported %d pseudo masks to %s (threshold %.3f)", count, listing_path.parent, threshold)
+
+
+def publish_masks(masks: Iterable[tuple[str, np.ndarray]], manifest_path: str | Path, listing_path: str | Path,
+                  mask_dir: str) -> int:
+    """Export label maps as palette PNGs beside ``listing_path`` (list.txt, ids.txt, JPEGImages); return the count."""
+    listing_path = Path(listing_path)
+    table = read_manifest(manifest_path)
+    written = export_layout(listing_path.parent, masks, dict(zip(table["image_id"], table["image_path"])),
+                            split="list_tmp", mask_dir=mask_dir)
     # export_layout writes list/<split>.txt; publish it under the rule's declared name last.
+    count = len(written.read_text().splitlines())
     written.replace(listing_path)
-    (written.parent / "list_tmp_ids.txt").replace(out_dir / "ids.txt")
+    (written.parent / "list_tmp_ids.txt").replace(listing_path.parent / "ids.txt")
     written.parent.rmdir()
-    log.info("exported %d pseudo masks to %s (threshold %.3f)", len(table), out_dir, threshold)
+    return count

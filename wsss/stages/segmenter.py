@@ -17,12 +17,15 @@ from wsss.atomic import atomic_output
 from wsss.crf import CrfConfig, crf_image, dense_crf, training_labels, unary_from_probabilities
 from wsss.datasets import read_manifest, usable_rows
 from wsss.devices import default_device
-from wsss.h5store import file_digest, image_ids, normalise_locking, params_digest, open_stage, put_image, set_image_order, write_stage
+from wsss.h5store import (file_digest, image_ids, iter_images, normalise_locking, params_digest, open_stage, put_image,
+                          set_image_order, write_stage)
 from wsss.images import decode_image
 from wsss.segmenter.predict import predict_probs
 from wsss.segmenter.train import SegmenterConfig, load_segmenter, train_segmenter
+from wsss.progress import progress
 from wsss.shards import shard_rows
-from wsss.stages.pseudo_masks import crf_config, recipe_threshold
+from wsss.masks_png import PREDICTION_DIR
+from wsss.stages.pseudo_masks import crf_config, publish_masks, recipe_threshold
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +121,7 @@ def run_prediction(
     params = dict(predict)
     with write_stage(out_path, "predictions", params, inputs=[model_path, manifest_path], locking=locking,
                      skipped=skipped) as out:
-        for row in table.itertuples(index=False):
+        for row in progress(table.itertuples(index=False), total=len(table), desc=f"prediction shard {shard}"):
             image = decode_image(row.image_path)
             probs = predict_probs(model, image, scales=scales, flip=flip, normalisation=normalisation)
             arrays = {"labels": np.argmax(probs, axis=0).astype(np.uint8)}
@@ -128,3 +131,12 @@ def run_prediction(
         set_image_order(out, list(table["image_id"]))
     log.info("predicted shard %s: %d images (scales %s, flip %s, crf %s)", shard, len(table), scales, flip,
              crf is not None)
+
+
+def export_predictions(prediction_files: Sequence[str | Path], manifest_path: str | Path, listing_path: str | Path,
+                       locking: Any = None) -> None:
+    """A split's final predictions (after the test-time CRF when it ran) as palette PNGs with image lists."""
+    masks = ((image_id, stored.get("labels_crf", stored["labels"]))
+             for image_id, stored in iter_images(prediction_files, locking))
+    count = publish_masks(masks, manifest_path, listing_path, PREDICTION_DIR)
+    log.info("exported %d predictions to %s", count, Path(listing_path).parent)

@@ -17,6 +17,7 @@ from wsss.datasets import read_manifest, usable_rows
 from wsss.devices import default_device
 from wsss.gradcam import softmax_gradcam
 from wsss.h5store import open_stage, put_image, set_image_order, write_stage
+from wsss.progress import progress
 from wsss.shards import shard_rows
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def run_gradcam(
     with write_stage(cams_path, "gradcam", params, inputs=inputs, locking=locking, skipped=skipped) as cams_out, \
             write_stage(affinity_path, "affinity", params, inputs=inputs, locking=locking,
                         skipped=skipped) as affinity_out:
-        for row in table.itertuples(index=False):
+        for row in progress(table.itertuples(index=False), total=len(table), desc=f"GradCAM shard {shard}"):
             tensor = preprocess_file(row.image_path, patch, mean, std, scale=float(cam["input_scale"]))
             keys = np.asarray(row.labels, dtype=np.int64)
             result = softmax_gradcam(model, tensor, foreground[torch.from_numpy(keys).to(device)], background,

@@ -18,6 +18,7 @@ from wsss.h5store import set_image_order, write_stage
 from wsss.methods.semples.data import IMAGENET_MEAN, IMAGENET_STD, load_rgb
 from wsss.methods.semples.train import load_model
 from wsss.methods.semples.weaktr import WeakTr
+from wsss.progress import progress
 from wsss.shards import shard_rows
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ def run_cams(manifest_path: str | Path, shard: str, shard_size: int, model_path:
     params = {"cam": dict(cam)}
     with write_stage(out_path, "cams", params, inputs=[manifest_path, model_path], locking=locking,
                      skipped=skipped) as out:
-        for row in table.itertuples(index=False):
+        for row in progress(table.itertuples(index=False), total=len(table), desc=f"SemPLeS CAMs shard {shard}"):
             keys = np.asarray(row.labels, dtype=np.int64)
             maps = multiscale_cams(model, load_rgb(row.image_path), keys, cam["scales"], bool(cam["flip"]))
             put_cams(out, row.image_id, keys, {"cam": maps}, (int(row.height), int(row.width)))

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from wsss.atomic import atomic_output
-from wsss.checkpoints import mix_seed, save_checkpoint
+from wsss.checkpoints import HISTORY_NAME, mix_seed, save_checkpoint, write_history
 from wsss.clip.configured import load_configured_clip
 from wsss.devices import default_device
 from wsss.digests import params_digest
@@ -44,7 +44,6 @@ log = logging.getLogger(__name__)
 MODEL_FORMAT = "wsss-semples-weaktr/1"
 PROMPTS_FORMAT = "wsss-semples-prompts/1"
 CHECKPOINT_NAME = "checkpoint.pt"
-HISTORY_NAME = "loss_history.csv"
 LR_BATCH = 512  # the release scales every lr argument by batch_size / 512
 # A training step: (images, labels) -> (loss, its terms for the log)
 Step = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
@@ -237,15 +236,6 @@ def run_epochs(
                         checkpoint_path)
         write_history(history, checkpoint_dir / HISTORY_NAME)
     return history
-
-
-def write_history(history: Sequence[Mapping[str, float]], path: str | Path) -> None:
-    """Per-epoch mean losses and lr as CSV."""
-    columns = list(dict.fromkeys(key for row in history for key in row))
-    with atomic_output(path) as tmp, open(tmp, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(history)
 
 
 def _dataset(manifest: str | Path, num_classes: int, method: Mapping[str, Any], strong: bool) -> LabelledImages:

@@ -1,0 +1,14 @@
+"""Rule run_manifest: the run's provenance record, results/<run>/manifest.json (checked by wsss-verify)."""
+
+from wsss.logs import logged
+from wsss.provenance import write_run_manifest
+
+with logged(snakemake.log[0]):
+    write_run_manifest(
+        snakemake.params.run_dir,
+        snakemake.params.config,
+        snakemake.params.weights,
+        list(snakemake.input.manifests),
+        snakemake.params.workflow_dir,
+        snakemake.output[0],
+    )
