@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 CORES ?= 2
 
-.PHONY: demo test lint dry-run clean-demo
+.PHONY: demo report test lint dry-run clean-demo
 
 $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is required (snakemake 9)")'
@@ -21,7 +21,12 @@ $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --workflow-profile none
+	$(MAKE) report
 	@cat results/demo/tables/summary.md
+
+# The HTML report of the demo run (figures, tables, provenance); open it in a browser.
+report: $(STAMP)
+	$(BIN)/snakemake --workflow-profile none --report results/demo/report.html
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -9,6 +9,9 @@ min_version("9.0")
 configfile: f"{workflow.current_basedir}/config.yaml"
 
 
+report: "report/workflow.rst"
+
+
 include: "rules/common.smk"
 
 
@@ -33,6 +36,7 @@ include: "rules/report.smk"
 localrules:
     all,
     summary,
+    rule_times,
     run_manifest,
 
 

@@ -7,7 +7,8 @@ rule train_demo_clip:
         world=f"{OUT}/demo_world",
         checked=checked_manifests,
     output:
-        f"{OUT}/clip/demo_clip.pt",
+        model=f"{OUT}/clip/demo_clip.pt",
+        history=f"{OUT}/clip/loss_history.csv",
     log:
         f"{OUT}/logs/train_demo_clip.log",
     benchmark:

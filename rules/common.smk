@@ -134,11 +134,31 @@ def method_targets(name):
     """What one instance produces: pseudo masks (PNG export), their scores, the segmenter, its predictions
     (PNG export) and their scores."""
     targets = [f"{OUT}/{name}/pseudo_masks/{PSEUDO_SPLIT}/list.txt", *method_tables(name)]
+    targets += [
+        f"{OUT}/{name}/figures/{figure}.png"
+        for figure in ("per_class_iou", "samples", "confidence")
+    ]
     if METHODS[name]["segmenter"]:
-        targets.append(f"{OUT}/{name}/segmenter/model.pt")
+        targets += [f"{OUT}/{name}/segmenter/model.pt", f"{OUT}/{name}/figures/training.png"]
         if EVAL_SPLIT:
             targets.append(f"{OUT}/{name}/predicted_masks/{EVAL_SPLIT}/list.txt")
     return targets
+
+
+def per_class_tables(name):
+    """Stage -> per-class IoU table of one instance (what its figures plot)."""
+    tables = {}
+    if CAM_EVAL_SPLITS:
+        tables["CAMs"] = f"{OUT}/{name}/tables/cams_per_class.csv"
+        tables["pseudo masks"] = f"{OUT}/{name}/tables/pseudo_masks_per_class.csv"
+    if EVAL_SPLIT and METHODS[name]["segmenter"]:
+        tables["segmenter"] = f"{OUT}/{name}/tables/segmenter_per_class.csv"
+    return tables
+
+
+def segmenter_model(name):
+    """The instance's trained segmenter, if it trains one (the sample strips show its predictions)."""
+    return [f"{OUT}/{name}/segmenter/model.pt"] if METHODS[name]["segmenter"] else []
 
 
 def method_tables(name):

@@ -8,7 +8,8 @@ rule train_segmenter:
         crf=lambda wc: shard_files(f"{OUT}/{wc.method}/crf/{{split}}/{{shard}}.h5", PSEUDO_SPLIT),
         manifest=f"{OUT}/manifests/{PSEUDO_SPLIT}.tsv",
     output:
-        f"{OUT}/{{method}}/segmenter/model.pt",
+        model=f"{OUT}/{{method}}/segmenter/model.pt",
+        history=f"{OUT}/{{method}}/segmenter/loss_history.csv",
     log:
         f"{OUT}/{{method}}/logs/train_segmenter.log",
     benchmark:
@@ -43,6 +44,8 @@ rule predict:
         f"{OUT}/{{method}}/predictions/{{split}}/{{shard}}.h5",
     log:
         f"{OUT}/{{method}}/logs/predict/{{split}}/{{shard}}.log",
+    benchmark:
+        f"{OUT}/{{method}}/benchmarks/predict/{{split}}/{{shard}}.tsv"
     wildcard_constraints:
         method=one_of(SEGMENTER_METHODS),
     conda:

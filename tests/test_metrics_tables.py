@@ -81,3 +81,19 @@ def test_summary_marks_every_row_of_an_oracle_instance(tmp_path):
     markdown = (tmp_path / "summary.md").read_text()
     assert "| stage | split | semples | semples_gt (oracle) |" in markdown
     assert "| semples_gt (oracle) | crf | train | 0.3500 |" in markdown
+
+
+def test_summary_sets_the_run_beside_the_papers_numbers_and_counts_skipped_images(tmp_path):
+    rows = [{"method": "clip_es", "stage": stage, "split": split, "metric": "miou", "value": value}
+            for stage, split, value in [("crf", "train", 0.7612), ("segmenter_crf", "val", 0.70)]]
+    write_metrics(tmp_path / "a.csv", rows)
+    paper = {"clip_es": {"crf/train": 0.75, "segmenter_crf/val": 0.711, "cam_alpha1/train": 0.708}}
+    counts = {"train": {"images": 3, "used": 1, "skipped: no labels": 1, "skipped: bad files": 1}}
+    summarize([tmp_path / "a.csv"], tmp_path / "summary.csv", tmp_path / "summary.md", paper=paper,
+              split_images=counts)
+    markdown = (tmp_path / "summary.md").read_text()
+    assert "| clip_es | crf/train | 0.7612 | 0.7500 | +0.0112 |" in markdown
+    assert "| clip_es | segmenter_crf/val | 0.7000 | 0.7110 | -0.0110 |" in markdown
+    assert "| clip_es | cam_alpha1/train | – | 0.7080 | – |" in markdown  # a stage this run did not score
+    assert "| split | images | used | skipped: no labels | skipped: bad files |" in markdown
+    assert "| train | 3 | 1 | 1 | 1 |" in markdown

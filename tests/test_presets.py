@@ -110,3 +110,18 @@ def test_semples_preset_runs_beside_clip_es_with_the_release_settings(dataset):
     assert (crf["mode"], crf["bg_threshold"]) == ("label_unary", threshold)
     assert method["gt_select"] is False and method["prompts"]["enabled"]
     assert all(method[stage]["epochs"] == 60 for stage in ("phase1", "match", "prompts", "refine"))
+
+
+@pytest.mark.parametrize("preset", ["voc", "coco"])
+def test_papers_numbers_name_stages_and_splits_the_preset_scores(preset):
+    config = resolved(preset)
+    splits = config["splits"]
+    scored = {**{f"{stage}/{split}": split for split in splits["cam_eval"]
+                 for stage in ("cam_alpha1", "cam_alpha2", "crf")},
+              **{f"{stage}/{splits['segmenter_eval']}": splits["segmenter_eval"]
+                 for stage in ("segmenter", "segmenter_crf")}}
+    paper = config["report"]["paper"]
+    assert paper and set(paper) <= set(config["methods"])
+    for method, reported in paper.items():
+        assert set(reported) <= set(scored), f"{preset}: {sorted(set(reported) - set(scored))} is never scored"
+        assert all(0 < value < 1 for value in reported.values())

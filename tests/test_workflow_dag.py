@@ -8,7 +8,8 @@ from tests.workflow_helpers import REPO, TINY, planned_jobs, planned_methods, sn
 ALL_RULES = {"generate_demo_world", "manifest", "train_demo_clip", "text_features", "clip_es_gradcam", "clip_es_caa",
              "semples_phase1", "semples_match", "semples_prompts", "semples_refine", "semples_cams",
              "evaluate_cams", "crf", "export_pseudo_masks", "evaluate_pseudo_masks", "train_segmenter", "predict",
-             "export_predictions", "evaluate_segmenter", "summary", "run_manifest", "all"}
+             "export_predictions", "evaluate_segmenter", "summary", "figures", "training_figure", "rule_times",
+             "run_manifest", "all"}
 
 
 def test_default_config_dry_run_lists_the_whole_dag_for_every_instance(tmp_path):

@@ -4,6 +4,7 @@ import contextlib
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -185,39 +186,41 @@ def test_caa_parameter_with_kept_affinity_schedules_no_gradcam_jobs(tiny_run, tm
     assert set().union(*methods.values()) == {"clip_es"}
 
 
+REPORT = {"summary", "figures", "rule_times", "run_manifest", "all"}  # what follows any change of results
+
+
 def test_crf_parameter_reruns_only_crf_and_what_follows(tiny_run, tmp_path):
     jobs, _ = _scheduled(tiny_run, tmp_path, methods={"clip_es": {"pseudo_masks": {"crf": {"iters": 3}}}})
     assert set(jobs) == {"crf", "evaluate_pseudo_masks", "export_pseudo_masks", "train_segmenter", "predict",
-                         "export_predictions", "evaluate_segmenter", "summary", "run_manifest", "all"}
+                         "export_predictions", "evaluate_segmenter", "training_figure"} | REPORT
 
 
 def test_confidence_threshold_is_applied_downstream_of_the_crf(tiny_run, tmp_path):
     jobs, _ = _scheduled(tiny_run, tmp_path, methods={"clip_es": {"pseudo_masks": {"confidence_threshold": 0.9}}})
     assert set(jobs) == {"export_pseudo_masks", "evaluate_pseudo_masks", "train_segmenter", "predict",
-                         "export_predictions", "evaluate_segmenter", "summary", "run_manifest", "all"}
+                         "export_predictions", "evaluate_segmenter", "training_figure"} | REPORT
 
 
 def test_lambda3_reruns_stage_c_and_that_instance_only(tiny_run, tmp_path):
     jobs, methods = _scheduled(tiny_run, tmp_path, methods={"semples": {"refine": {"lambda3": 0.2}}})
     assert set(jobs) == {"semples_refine", "semples_cams", "crf", "evaluate_cams", "evaluate_pseudo_masks",
-                         "export_pseudo_masks", "summary", "run_manifest", "all"}, "not phase 1, stage a or b, nor CLIP-ES"
+                         "export_pseudo_masks"} | REPORT, "not phase 1, stage a or b, nor CLIP-ES"
     assert set().union(*methods.values()) == {"semples"}
 
 
 def test_segmenter_settings_rerun_only_their_own_rules(tiny_run, tmp_path):
     jobs, _ = _scheduled(tiny_run, tmp_path, segmenter={"train": {"lr": 0.02}})
-    assert set(jobs) == {"train_segmenter", "predict", "export_predictions", "evaluate_segmenter", "summary",
-                         "run_manifest", "all"}
+    assert set(jobs) == {"train_segmenter", "predict", "export_predictions", "evaluate_segmenter",
+                         "training_figure"} | REPORT
     jobs, _ = _scheduled(tiny_run, tmp_path, segmenter={"predict": {"flip": False}})
-    assert set(jobs) == {"predict", "export_predictions", "evaluate_segmenter", "summary", "run_manifest", "all"}, \
-        "test-time options retrain"
+    assert set(jobs) == {"predict", "export_predictions", "evaluate_segmenter"} | REPORT, "test-time options retrain"
 
 
 def _workflow_copy(destination):
     """A copy of the workflow's code (Snakefile, rules, scripts, package) to edit without touching the checkout."""
     for name in ("Snakefile", "config.yaml"):
         shutil.copy2(REPO / name, destination / name)
-    for name in ("rules", "workflow_scripts", "wsss", "envs"):
+    for name in ("rules", "workflow_scripts", "wsss", "envs", "report"):
         shutil.copytree(REPO / name, destination / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     return destination / "Snakefile"
 
@@ -234,22 +237,25 @@ def _dry_run_of_copy(snakefile, workdir):
 
 
 AFTER_CAA = {"clip_es_caa", "crf", "evaluate_cams", "evaluate_pseudo_masks", "export_pseudo_masks", "train_segmenter",
-             "predict", "export_predictions", "evaluate_segmenter", "summary", "run_manifest", "all"}
+             "predict", "export_predictions", "evaluate_segmenter", "training_figure"} | REPORT
+RUN_LEVEL = {"summary": set(), "rule_times": set(), "run_manifest": set(), "all": set()}
 
 
 @pytest.mark.parametrize(
     ("module", "dependent"),
     [
-        # only the segmenter's training imports its augmentation; prediction and scores follow its new model
+        # the segmenter's training imports its augmentation; prediction and scores follow its new model
         ("segmenter/augment.py", {"train_segmenter": {"clip_es"}, "predict": {"clip_es"}, "export_predictions": {"clip_es"},
-                                  "evaluate_segmenter": {"clip_es"}, "summary": set(), "run_manifest": set(), "all": set()}),
+                                  "evaluate_segmenter": {"clip_es"}, "training_figure": {"clip_es"},
+                                  # the figures draw the segmenter's predictions, so their code imports it too
+                                  "figures": {"clip_es", "clip_es_logit", "semples"}, **RUN_LEVEL}),
         # the CAA refinement: the CAA rule of both instances and everything after it. GradCAM reruns only
         # where its temporary affinity input is gone (clip_es_logit); clip_es keeps its affinity.
-        ("affinity.py", {**{rule: {"clip_es", "clip_es_logit"} for rule in AFTER_CAA - {"summary", "run_manifest", "all"}},
+        ("affinity.py", {**{rule: {"clip_es", "clip_es_logit"} for rule in AFTER_CAA - set(RUN_LEVEL)},
                          "train_segmenter": {"clip_es"}, "predict": {"clip_es"}, "evaluate_segmenter": {"clip_es"},
-                         "export_predictions": {"clip_es"},
+                         "export_predictions": {"clip_es"}, "training_figure": {"clip_es"},
                          "export_pseudo_masks": {"clip_es", "clip_es_logit"}, "clip_es_gradcam": {"clip_es_logit"},
-                         "summary": set(), "run_manifest": set(), "all": set()}),
+                         **RUN_LEVEL}),
     ],
 )
 def test_editing_a_deep_module_reruns_exactly_its_dependent_rules(tiny_run, tmp_path, module, dependent):
@@ -371,3 +377,58 @@ def test_run_manifest_records_provenance_and_verify_names_a_changed_file(tiny_ru
     failed = subprocess.run([*verify, str(copied)], capture_output=True, text=True)
     assert failed.returncode == 1
     assert failed.stdout.splitlines() == [f"{changed}: differs from the manifest (sha256 {outputs[str(changed.relative_to(workdir / RUN))][:12]}...)"]
+
+
+# --- the report, rendered by a browser --------------------------------------------------------------
+
+_IMAGE_CHECK = """<!doctype html><html><body>{images}<script>
+window.addEventListener("load", () => {{
+  const state = [...document.images].map(img => img.id + "=" + (img.complete && img.naturalWidth > 0 ? "ok" : "broken"));
+  const out = document.createElement("pre"); out.id = "checked"; out.textContent = state.join(" ");
+  document.body.appendChild(out);
+}});
+</script></body></html>"""
+
+
+def _chromium() -> str:
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found is None:
+        if os.environ.get("CI"):
+            pytest.fail("chromium is not installed (.ci/run installs the Debian package)")
+        pytest.skip("chromium is not installed here: the report is not rendered")
+    return found
+
+
+def _rendered(chromium: str, page: Path) -> str:
+    """The page's DOM after its scripts ran, from headless Chromium."""
+    result = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--virtual-time-budget=10000",
+                             "--dump-dom", page.as_uri()], capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return result.stdout
+
+
+def test_report_renders_every_figure_and_every_method_instance(tiny_run, tmp_path):
+    chromium = _chromium()
+    report = tmp_path / "report.html"
+    snakemake(tiny_run, "--report", str(report))
+    html = report.read_text()
+    results = json.loads(re.search(r"var results = (\{.*?\});\s*\n", html, re.S).group(1))
+    figures = {path: entry for path, entry in results.items() if entry["mime_type"] == "image/png"}
+    methods = sorted(yaml.safe_load(TINY.read_text())["methods"])
+    expected = {f"{RUN}/{method}/figures/{name}.png" for method in methods
+                for name in ("per_class_iou", "samples", "confidence")} | {f"{RUN}/clip_es/figures/training.png"}
+    assert set(figures) == expected
+    assert {f"{RUN}/tables/summary.csv", f"{RUN}/tables/rule_times.csv", f"{RUN}/manifest.json"} <= set(results)
+    # every embedded figure decodes in the browser (no broken image)
+    names = sorted(figures)
+    page = tmp_path / "images.html"
+    page.write_text(_IMAGE_CHECK.format(images="".join(
+        f'<img id="f{i}" src="{figures[name]["data_uri"]}">' for i, name in enumerate(names))))
+    checked = re.search(r'<pre id="checked">([^<]*)</pre>', _rendered(chromium, page)).group(1).split()
+    assert checked == [f"f{i}=ok" for i in range(len(names))], dict(zip(names, checked))
+    # the report itself renders, naming every method instance of the run
+    dom = _rendered(chromium, report)
+    text = re.sub(r"<[^>]+>", " ", dom)
+    for method in methods:
+        assert method in text, f"{method} does not appear in the rendered report"
+    assert "Summary" in text

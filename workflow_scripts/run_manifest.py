@@ -1,5 +1,7 @@
 """Rule run_manifest: the run's provenance record, results/<run>/manifest.json (checked by wsss-verify)."""
 
+from pathlib import Path
+
 from wsss.logs import logged
 from wsss.provenance import write_run_manifest
 
@@ -9,6 +11,6 @@ with logged(snakemake.log[0]):
         snakemake.params.config,
         snakemake.params.weights,
         list(snakemake.input.manifests),
-        snakemake.params.workflow_dir,
+        Path(snakemake.scriptdir).parent,  # the workflow's checkout, for its git commit (not a rerun trigger)
         snakemake.output[0],
     )

@@ -10,4 +10,5 @@ with logged(snakemake.log[0]):
         snakemake.output.csv,
         snakemake.output.md,
         snakemake.params.oracle,
+        paper=snakemake.params.paper,
     )

@@ -5,5 +5,5 @@ from wsss.devices import compute_job
 from wsss.logs import logged
 
 with logged(snakemake.log[0]) as log, compute_job(snakemake.threads, snakemake.resources.get("gpu", 0)):
-    train_demo_clip(snakemake.input.world, snakemake.output[0], snakemake.params.settings, snakemake.params.seed,
-                    log=log.info)
+    train_demo_clip(snakemake.input.world, snakemake.output.model, snakemake.params.settings, snakemake.params.seed,
+                    log=log.info, history_path=snakemake.output.history)

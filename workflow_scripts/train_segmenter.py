@@ -13,6 +13,7 @@ with logged(snakemake.log[0]), compute_job(snakemake.threads, snakemake.resource
         snakemake.params.pseudo_masks,
         snakemake.params.seed,
         snakemake.params.checkpoint_dir,
-        snakemake.output[0],
+        snakemake.output.model,
+        snakemake.output.history,
         locking=snakemake.params.hdf5["locking"],
     )

@@ -58,11 +58,12 @@ def image_counts(manifest: pd.DataFrame) -> dict[str, int]:
 
 def summarize(metric_files: Sequence[str | os.PathLike], csv_path: str | os.PathLike, md_path: str | os.PathLike,
               oracle_methods: Sequence[str] = (), split_images: Mapping[str, Mapping[str, int]] | None = None,
-              ) -> pd.DataFrame:
+              paper: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
     """Concatenate metric CSVs into summary.csv, and summary.md: mIoU with the methods side by side, then every row.
 
     Rows of ``oracle_methods`` (settings chosen on ground truth) get ``oracle`` true, and their method name
-    a trailing " (oracle)" in the Markdown. ``split_images`` (split -> :func:`image_counts`) adds a table of the images
+    a trailing " (oracle)" in the Markdown. ``paper`` (method -> "stage/split" -> reported mIoU) adds a table of
+    this run's mIoU beside the reported one; ``split_images`` (split -> :func:`image_counts`) one of the images
     each split had and skipped.
     """
     frames = [pd.read_csv(p) for p in metric_files]
@@ -78,6 +79,8 @@ def summarize(metric_files: Sequence[str | os.PathLike], csv_path: str | os.Path
         lines.append(f"| {method} | {stage} | {split} | " + " | ".join(cells) + " |")
     side_by_side = miou_by_method(table)
     text = side_by_side + "\n\nAll metrics:\n\n" + "\n".join(lines) + "\n"
+    if paper:
+        text += "\n" + against_paper(table, paper) + "\n"
     if split_images:
         columns = list(next(iter(split_images.values())))
         text += ("\nImages per split:\n\n| split | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
@@ -85,6 +88,20 @@ def summarize(metric_files: Sequence[str | os.PathLike], csv_path: str | os.Path
                            for split, counts in split_images.items()))
     write_text_atomic(md_path, text)
     return table
+
+
+def against_paper(table: pd.DataFrame, paper: Mapping[str, Mapping[str, float]]) -> str:
+    """A Markdown table of this run's mIoU beside the reported one, per method and "stage/split", and the difference."""
+    miou = {(row.method.removesuffix(" (oracle)"), f"{row.stage}/{row.split}"): row.value
+            for row in table[table["metric"] == "miou"].itertuples(index=False)}
+    lines = ["Against the papers (mIoU):", "", "| method | stage/split | this run | paper | difference |",
+             "|---|---|---|---|---|"]
+    for method, reported in paper.items():
+        for key, value in reported.items():
+            ours = miou.get((method, key))
+            difference = "–" if ours is None else f"{ours - value:+.4f}"
+            lines.append(f"| {method} | {key} | {_format(ours)} | {value:.4f} | {difference} |")
+    return "\n".join(lines)
 
 
 def miou_by_method(table: pd.DataFrame) -> str:

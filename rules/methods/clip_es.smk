@@ -53,6 +53,8 @@ rule clip_es_caa:
         f"{OUT}/{{method}}/cams/{{split}}/{{shard}}.h5",
     log:
         f"{OUT}/{{method}}/logs/caa/{{split}}/{{shard}}.log",
+    benchmark:
+        f"{OUT}/{{method}}/benchmarks/caa/{{split}}/{{shard}}.tsv"
     wildcard_constraints:
         method=one_of(instances_of(METHODS, "clip_es")),
     conda:

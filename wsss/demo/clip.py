@@ -31,7 +31,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP, set_model_preprocess_cfg
 from PIL import Image
 
-from wsss.checkpoints import save_checkpoint
+from wsss.checkpoints import save_checkpoint, write_history
 from wsss.demo.clip_settings import DEFAULT_SETTINGS, resolve_settings
 from wsss.clip.factory import build_clip
 from wsss.clip.transformer import block_forward_with_attention, interpolate_pos_embed
@@ -418,8 +418,12 @@ def train_demo_clip(
     log: Callable[[str], Any] = print,
     *,
     device: str | torch.device | None = None,
+    history_path: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Train the demo CLIP on the world's image-caption pairs and write the checkpoint atomically; return metrics."""
+    """Train the demo CLIP on the world's image-caption pairs and write the checkpoint atomically; return metrics.
+
+    ``history_path`` gets the per-step losses and learning rate as CSV.
+    """
     s = resolve_settings(settings)
     world_root, out_path = Path(world_root), Path(out_path)
     if not world_root.is_dir():
@@ -428,12 +432,13 @@ def train_demo_clip(
     old_threads = torch.get_num_threads()
     torch.set_num_threads(int(s["threads"]))
     try:
-        return _train(world_root, out_path, s, int(seed), log, device)
+        return _train(world_root, out_path, s, int(seed), log, device, history_path)
     finally:
         torch.set_num_threads(old_threads)
 
 
-def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, device: torch.device) -> dict:
+def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, device: torch.device,
+           history_path: str | Path | None) -> dict:
     t_start = time.perf_counter()
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)  # data order and augmentation, always on the CPU
@@ -568,8 +573,10 @@ def _train(world_root: Path, out_path: Path, s: dict, seed: int, log: Callable, 
             el = time.perf_counter() - t_loop
             log(f"demo_clip: step {step + 1}/{steps} loss {rec['loss']:.4f} (clip {rec['clip_loss']:.4f}, "
                 f"word {rec['concept_loss']:.4f}, dense {rec['dense_loss']:.4f}, value {rec['value_dense_loss']:.4f}, sigmoid {rec['value_sigmoid_loss']:.4f}, attn {rec['attn_loss']:.4f}) acc {acc:.3f} scale {rec['logit_scale']:.1f} "
-                f"{(step + 1) * bs / max(el, 1e-9):.0f} img/s")
+                f"{(step + 1) * bs / max(el, 1e-9):.0f} img/s ETA {el / (step + 1) * (steps - step - 1):.0f} s")
     train_s = time.perf_counter() - t_loop
+    if history_path is not None:
+        write_history(history, history_path)
     # CPU time of this process: with other jobs on the machine, wall time alone overstates the cost
     cpu_s = time.process_time() - cpu_loop
 

@@ -11,9 +11,9 @@ from typing import Any
 import h5py
 import numpy as np
 import torch
-from PIL import Image
 
 from wsss.atomic import atomic_output
+from wsss.checkpoints import HISTORY_NAME
 from wsss.crf import CrfConfig, crf_image, dense_crf, training_labels, unary_from_probabilities
 from wsss.datasets import read_manifest, usable_rows
 from wsss.devices import default_device
@@ -78,9 +78,11 @@ def run_training(
     seed: int,
     checkpoint_dir: str | Path,
     out_path: str | Path,
+    history_path: str | Path,
     locking: Any = None,
 ) -> None:
-    """Train (resuming from ``checkpoint_dir`` if a checkpoint is there) and publish the final weights."""
+    """Train (resuming from ``checkpoint_dir`` if a checkpoint is there); publish the final weights and the
+    loss history."""
     cfg = segmenter_config(train, n_classes, seed)
     threshold = recipe_threshold(pseudo_masks)
     dataset = PseudoMaskDataset(manifest_path, crf_files, threshold, locking)
@@ -91,8 +93,9 @@ def run_training(
     log.info("training %s on %d pseudo masks for %d iterations in %s", cfg.backbone, len(dataset),
              cfg.iterations, run_dir)
     final = train_segmenter(dataset, cfg, run_dir, log=log.info)
-    with atomic_output(out_path) as tmp:
-        shutil.copyfile(final, tmp)
+    for source, target in ((run_dir / HISTORY_NAME, history_path), (final, out_path)):
+        with atomic_output(target) as tmp:
+            shutil.copyfile(source, tmp)
 
 
 def crf_labels(image_rgb: np.ndarray, probs: np.ndarray, cfg: CrfConfig) -> np.ndarray:
