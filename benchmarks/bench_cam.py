@@ -19,6 +19,10 @@ writes it). Same process, same torch threads for (a) and (b).
 
     nice .venv/bin/python benchmarks/bench_cam.py                      # defaults: 4 images, 3 repeats, K=2, M=25
     nice .venv/bin/python benchmarks/bench_cam.py --images 4 --repeats 5 --threads 2 --check
+    .venv/bin/python benchmarks/bench_cam.py --device cuda --precision fp16 --batch-size 16 --images 64 --repeats 1
+
+With --device cuda it also prints the shard's images/s and the peak GPU memory (the GPU path: images of one
+size batched, decode on a worker thread).
 """
 
 from __future__ import annotations
@@ -119,16 +123,19 @@ def preloaded_model(model, mean, std):
 
 def bare_forward(model, tensors: list[torch.Tensor]) -> None:
     """The baseline: one plain encode_image per image, no attention maps, no gradients."""
+    device = model.visual.conv1.weight.device
     with torch.no_grad():
         for x in tensors:
-            model.encode_image(x[None])
+            model.encode_image(x[None].to(device))
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def cam_rule(
     manifest: Path, text: Path, shard: str, shard_size: int, cams_path: Path, affinity_path: Path, cam_cfg: dict
 ) -> None:
     """The stage runner on one shard of the manifest (shard_size images)."""
-    clip = {"model": "ViT-B-16", "pretrained": None, "precision": "fp32"}
+    clip = {"model": "ViT-B-16-quickgelu", "pretrained": None, "precision": "fp32"}
     cam = {**clip_es.DEFAULTS["cam"], **cam_cfg}
     run_gradcam(manifest, shard, shard_size, text, clip, [], cam, cams_path, affinity_path)
 
@@ -177,6 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch intra-op threads")
     parser.add_argument("--attn-layers", type=int, default=-8, help="first block of the attention layer mean")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precision", default="faithful", help="cam.precision: faithful, fp32, bf16 or fp16")
+    parser.add_argument("--batch-size", type=int, default=1, help="cam.batch_size (images of one size together)")
     parser.add_argument(
         "--check", action="store_true", help="also compare the fast and the reference arithmetic on one image"
     )
@@ -186,11 +196,12 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     load_before = os.getloadavg()
     rss_start = max_rss_mib()
-    model = load_clip("ViT-B-16", None, precision="fp32", device="cpu")
+    model = load_clip("ViT-B-16-quickgelu", None, precision="fp32", device=args.device)
     rss_model = max_rss_mib()
     mean, std = image_stats(model)
     p = patch_size(model)
-    cam_cfg = {"score": "softmax", "use_background": True, "attn_layers": [args.attn_layers, None]}
+    cam_cfg = {"score": "softmax", "use_background": True, "attn_layers": [args.attn_layers, None],
+               "precision": args.precision, "batch_size": args.batch_size}
 
     with tempfile.TemporaryDirectory(prefix="bench_cam_") as tmp:
         folder = Path(tmp)
@@ -242,8 +253,11 @@ def main(argv: list[str] | None = None) -> int:
         # (the per-shard set-up, which real 250-image shards amortise, is then paid once for N images).
         with interpolated_positions(model, grid):
             shard_bare = timed(bare_forward, model, tensors)
+        if args.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         with preloaded_model(model, mean, std):
             shard_cam = timed(cam_rule, manifest, text, "00000", args.images, *paths, cam_cfg)
+        gpu_peak = torch.cuda.max_memory_allocated() / 2**20 if args.device == "cuda" else None
 
         # Where (b)'s time goes: the calls run_gradcam makes per image, timed one by one (one pass)
         g = torch.Generator().manual_seed(args.seed)
@@ -257,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
                     tensor = preprocess_image(image, p, mean, std)
                 steps["decode + preprocess"].append(time.perf_counter() - start)
                 start = time.perf_counter()
-                result = softmax_gradcam(model, tensor, fg, bg)
+                result = softmax_gradcam(model, tensor, fg, bg, precision=args.precision)
                 steps["softmax_gradcam"].append(time.perf_counter() - start)
                 start = time.perf_counter()
                 size = {"height": args.height, "width": args.width}
@@ -324,6 +338,10 @@ def main(argv: list[str] | None = None) -> int:
             f"logits {check[2]:.2e}"
         )
     print(f"run_caa ({args.images} images)     : {caa_wall / args.images * 1e3:8.1f} ms/image wall")
+    if gpu_peak is not None:
+        print(f"GPU: {torch.cuda.get_device_name()}, {args.images}-image shard at batch size {args.batch_size}, "
+              f"precision {args.precision}: {args.images / shard_cam[0]:.2f} images/s, "
+              f"peak memory {gpu_peak:.0f} MiB")
     print(
         f"peak RSS: {rss_start:.0f} MiB at start, {rss_model:.0f} after loading the model, "
         f"{rss_bare:.0f} after a bare forward, {rss_cam:.0f} after a CAM run "

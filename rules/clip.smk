@@ -15,7 +15,7 @@ rule train_demo_clip:
         f"{OUT}/benchmarks/train_demo_clip.tsv"
     conda:
         "../envs/wsss.yaml"
-    threads: res("train_demo_clip", "threads", 8)
+    threads: res("train_demo_clip", "threads", 4)
     resources:
         gpu=GPU,
         mem_mb=res("train_demo_clip", "mem_mb", 8000),
@@ -38,6 +38,7 @@ rule select_prompt:
         f"{OUT}/logs/select_prompt/{{text_key}}.log",
     conda:
         "../envs/wsss.yaml"
+    threads: res("select_prompt", "threads", 2)
     resources:
         gpu=GPU,
         mem_mb=res("select_prompt", "mem_mb", 8000),
@@ -62,6 +63,7 @@ rule text_features:
         f"{OUT}/logs/text_features/{{text_key}}.log",
     conda:
         "../envs/wsss.yaml"
+    threads: res("text_features", "threads", 2)
     resources:
         gpu=GPU,
         mem_mb=res("text_features", "mem_mb", 4000),

@@ -50,7 +50,7 @@ rule predict:
         method=one_of(SEGMENTER_METHODS),
     conda:
         "../envs/wsss.yaml"
-    threads: res("predict", "threads", 2)
+    threads: res("predict", "threads", 8)
     resources:
         gpu=GPU,
         mem_mb=res("predict", "mem_mb", 8000),

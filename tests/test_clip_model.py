@@ -271,6 +271,82 @@ def test_load_clip_torchscript_archive(tmp_path):
     assert cfg["text_cfg"]["vocab_size"] == 49408 and cfg["text_cfg"]["width"] == 64
 
 
+def _activations(model) -> set[str]:
+    """Class names of the MLP activations of both towers."""
+    return {type(block.mlp.gelu).__name__ for tower in (model.visual.transformer, model.transformer)
+            for block in tower.resblocks}
+
+
+def _features(model):
+    torch.manual_seed(11)
+    image = torch.randn(2, 3, 64, 64)
+    text = torch.randint(1, 1000, (2, 77))
+    text[:, 10] = 49407
+    with torch.no_grad():
+        return model.encode_image(image), model.encode_text(text)
+
+
+def test_openai_weights_build_quick_gelu_whatever_the_config_says(tmp_path, caplog):
+    reference = tiny(seed=7)  # QuickGELU, as OpenAI trained its CLIPs
+    gelu_cfg = {**copy.deepcopy(TINY), "quick_gelu": False}  # what open_clip's plain "ViT-B-16" config says
+    archive = tmp_path / "ViT-tiny.pt"
+    with pytest.warns(FutureWarning):
+        torch.jit.script(reference).save(str(archive))
+    # a state dict taken from OpenAI's archive keeps the archive's three extra entries
+    state_dict = tmp_path / "ViT-tiny-state-dict.pt"
+    extras = {"input_resolution": torch.tensor(64), "context_length": torch.tensor(77),
+              "vocab_size": torch.tensor(49408)}
+    torch.save({**reference.state_dict(), **extras}, state_dict)
+    loaded = []
+    for path in (archive, state_dict):
+        caplog.clear()
+        with caplog.at_level("WARNING", logger="wsss.clip.factory"):
+            model = load_clip(None, str(path), model_cfg=gelu_cfg, device="cpu", precision="fp32")
+        assert _activations(model) == {"QuickGELU"}
+        assert any("OpenAI's" in r.message and str(path) in r.message for r in caplog.records), "the choice is logged"
+        loaded.append(_features(model))
+    expected = _features(reference)
+    for image, text in loaded:
+        assert torch.equal(image, loaded[0][0]) and torch.equal(text, loaded[0][1]), "archive and state dict agree"
+        assert torch.allclose(image, expected[0], atol=1e-6) and torch.allclose(text, expected[1], atol=1e-6)
+    # the same weights under GELU give other features: the check above can fail
+    gelu = build_clip(gelu_cfg).eval()
+    gelu.load_state_dict(reference.state_dict())
+    assert not torch.allclose(_features(gelu)[0], expected[0], atol=1e-3)
+
+
+def test_weights_of_unknown_origin_follow_the_name_and_say_so(tmp_path, caplog):
+    plain = tmp_path / "plain.pt"
+    torch.save(tiny(seed=3).state_dict(), plain)  # OpenAI's and open_clip's key names are the same
+    gelu_cfg = {**copy.deepcopy(TINY), "quick_gelu": False}
+    with caplog.at_level("WARNING", logger="wsss.clip.factory"):
+        model = load_clip(None, str(plain), model_cfg=gelu_cfg, device="cpu", precision="fp32")
+    assert _activations(model) == {"GELU"}
+    assert any("-quickgelu" in r.message and str(plain) in r.message for r in caplog.records)
+    with caplog.at_level("INFO", logger="wsss.clip.factory"):
+        model = load_clip(None, str(plain), model_cfg=TINY, device="cpu", precision="fp32")
+    assert _activations(model) == {"QuickGELU"}
+    assert any("building QuickGELU" in r.message for r in caplog.records)
+
+
+def test_faithful_position_table_is_rounded_to_fp16_cls_row_included():
+    model = tiny(seed=2)
+    with torch.no_grad():
+        model.visual.positional_embedding.add_(torch.randn_like(model.visual.positional_embedding) * 1e-3)
+    image = torch.randn(1, 3, 96, 80)
+    with torch.no_grad():
+        fp32, _ = encode_image_tokens(model, image, upto_block=0)
+        faithful, _ = encode_image_tokens(model, image, upto_block=0, position_dtype=torch.float16)
+        # by hand: patches + CLS, plus the interpolated table as the official code hands it back (fp16)
+        visual = model.visual
+        x = visual.conv1(image).flatten(2).transpose(1, 2)
+        x = torch.cat([visual.class_embedding.reshape(1, 1, -1), x], dim=1)
+        pos = interpolate_pos_embed(visual.positional_embedding, (6, 5)).half()
+        expected = visual.ln_pre(x + pos.float())
+    assert torch.equal(faithful, expected)
+    assert not torch.equal(fp32, faithful)
+
+
 def test_encode_image_tokens_only_requested_attention_maps():
     m = tiny()
     img = torch.randn(1, 3, 32, 64)

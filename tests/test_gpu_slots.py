@@ -256,3 +256,13 @@ def test_default_lock_dir(tmp_path, monkeypatch):
     assert default_lock_dir().name == f"wsss-gpu-slots-{os.getuid()}"
     monkeypatch.setenv("WSSS_GPU_LOCK_DIR", str(tmp_path / "shared"))
     assert default_lock_dir() == tmp_path / "shared"
+
+
+def test_compute_job_sets_the_rules_torch_threads():
+    import torch
+
+    from wsss.devices import compute_job
+
+    for threads in (3, 1):
+        with compute_job(threads) as devices:
+            assert devices is None and torch.get_num_threads() == threads

@@ -15,7 +15,11 @@ from wsss.gradcam import (
     minmax_normalize,
     patch_sum_of_input_gradients,
     softmax_gradcam,
+    softmax_gradcam_batch,
 )
+
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
 
 TINY = {
     "embed_dim": 32,
@@ -280,3 +284,115 @@ def test_cams_unaffected_by_an_outer_no_grad(model, texts):
         with torch.no_grad():
             got = softmax_gradcam(model, image, fg, bg, arithmetic=arithmetic)
         assert torch.equal(got.cams, expect.cams) and float(got.cams.max()) > 0.99
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float(torch.corrcoef(torch.stack([a.flatten().double(), b.flatten().double()]))[0, 1])
+
+
+def test_bf16_fast_mode_follows_fp32_and_keeps_fp32_outputs(texts):
+    torch.manual_seed(4)
+    sharp = build_clip(copy.deepcopy(TINY)).eval().requires_grad_(False)
+    sharp.logit_scale.fill_(2.0)
+    with torch.no_grad():  # random init gives near-uniform attention; sharpen it as a trained model's
+        for block in sharp.visual.transformer.resblocks:
+            block.attn.in_proj_weight[: 2 * 64] *= 5
+    fg, bg = texts
+    for seed in range(3):
+        image = torch.randn(3, 96, 128, generator=torch.Generator().manual_seed(20 + seed))
+        fp32 = softmax_gradcam(sharp, image, fg, bg, precision="fp32")
+        fast = softmax_gradcam(sharp, image, fg, bg, precision="bf16")
+        assert fast.cams.dtype == fast.attention_mean.dtype == torch.float32
+        for c in range(3):
+            assert _pearson(fast.cams[c], fp32.cams[c]) > 0.99
+        assert _pearson(fast.attention_mean, fp32.attention_mean) > 0.99
+        assert not torch.equal(fast.cams, fp32.cams), "bf16 is a different arithmetic"
+        # faithful: the official fp16 position table; plain fp32 otherwise, so the two differ by rounding only
+        faithful = softmax_gradcam(sharp, image, fg, bg, precision="faithful")
+        assert not torch.equal(faithful.cams, fp32.cams) and torch.allclose(faithful.cams, fp32.cams, atol=5e-3)
+
+
+def test_precision_modes_are_checked(model, texts):
+    from open_clip.model import convert_weights_to_lp
+
+    fg, bg = texts
+    image = torch.randn(3, 32, 32, generator=torch.Generator().manual_seed(15))
+    with pytest.raises(ValueError, match="precision must be one of"):
+        softmax_gradcam(model, image, fg, bg, precision="int8")
+    with pytest.raises(ValueError, match="CUDA autocast"):
+        softmax_gradcam(model, image, fg, bg, precision="fp16")  # CPU here
+    half = build_clip(copy.deepcopy(TINY), cast_dtype=torch.float16).eval().requires_grad_(False)
+    convert_weights_to_lp(half, dtype=torch.float16)
+    with pytest.raises(ValueError, match="load it in fp32"):
+        softmax_gradcam(half, image, fg, bg, precision="bf16")
+
+
+@pytest.mark.parametrize("score,layers,precision", [("softmax", (-8, None), "fp32"), ("logit", (-3, -1), "faithful"),
+                                                    ("softmax", (-2, None), "bf16")])
+def test_batched_cams_equal_one_image_at_a_time(model, texts, score, layers, precision):
+    fg, bg = texts
+    images = torch.randn(3, 3, 48, 64, generator=torch.Generator().manual_seed(16))
+    class_lists = [fg[:1], fg, fg[1:]]  # K = 1, 3, 2: padded to 3 in the batch
+    batched = softmax_gradcam_batch(model, images, class_lists, bg, score=score, attn_layers=layers,
+                                    precision=precision)
+    tol = 2e-2 if precision == "bf16" else 1e-5  # bf16: the batch's GEMMs round in other places
+    for image, classes, got in zip(images, class_lists, batched):
+        alone = softmax_gradcam(model, image, classes, bg, score=score, attn_layers=layers, arithmetic="fast",
+                                precision=precision)
+        assert got.grid_hw == alone.grid_hw == (3, 4) and got.cams.shape == alone.cams.shape
+        assert torch.allclose(got.cams, alone.cams, atol=tol)
+        assert torch.allclose(got.attention_mean, alone.attention_mean, atol=tol / 10)
+        assert torch.allclose(got.logits, alone.logits, atol=tol)
+        assert float(got.cams.amax()) > 0.99
+
+
+def test_batched_cams_check_their_inputs(model, texts):
+    fg, bg = texts
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(17))
+    with pytest.raises(ValueError, match="one \\(K>0, E\\) tensor per image"):
+        softmax_gradcam_batch(model, images, [fg], bg)
+    with pytest.raises(ValueError, match="images must be"):
+        softmax_gradcam_batch(model, images[0], [fg], bg)
+
+
+def test_cam_stage_batches_images_of_one_size_like_one_at_a_time(model, texts, tmp_path, monkeypatch):
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    import wsss.methods.clip_es.gradcam as stage
+    from wsss.datasets import MANIFEST_COLUMNS, write_manifest
+    from wsss.h5store import get_image, image_ids, open_stage, write_stage
+    from wsss.methods.clip_es import DEFAULTS
+
+    rng = np.random.default_rng(3)
+    rows = []
+    for i, (height, width, labels) in enumerate([(40, 60, [0]), (50, 33, [1, 2]), (40, 60, [0, 1, 2]),
+                                                 (40, 60, [2]), (50, 33, [0])]):
+        path = tmp_path / f"im{i}.png"
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+        rows.append([f"im{i}", str(path), height, width, " ".join(map(str, labels)), "", ""])
+    manifest = tmp_path / "manifest.tsv"
+    write_manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), manifest)
+    fg, bg = texts
+    text = tmp_path / "text.h5"
+    with write_stage(text, "text_features", {}) as out:
+        out.create_dataset("foreground", data=fg.numpy())
+        out.create_dataset("background", data=bg.numpy())
+    monkeypatch.setattr(stage, "load_configured_clip", lambda clip, checkpoint, device: (model, None, MEAN, STD))
+    clip = {"model": "tiny", "pretrained": None, "precision": "fp32"}
+    outputs = {}
+    for batch_size in (1, 3):
+        cam = {**DEFAULTS["cam"], "attn_layers": [-2, None], "precision": "fp32", "batch_size": batch_size}
+        paths = (tmp_path / f"cams{batch_size}.h5", tmp_path / f"affinity{batch_size}.h5")
+        stage.run_gradcam(manifest, "00000", 5, text, clip, [], cam, *paths)
+        outputs[batch_size] = paths
+    with open_stage(outputs[1][0]) as one, open_stage(outputs[3][0]) as batched, \
+            open_stage(outputs[1][1]) as one_aff, open_stage(outputs[3][1]) as batched_aff:
+        assert image_ids(one) == image_ids(batched) == [f"im{i}" for i in range(5)]
+        for image_id in image_ids(one):
+            a, b = get_image(one, image_id), get_image(batched, image_id)
+            assert np.array_equal(a["keys"], b["keys"]) and a["cam"].shape == b["cam"].shape
+            assert np.allclose(a["cam"], b["cam"], atol=1e-5)
+            assert np.allclose(get_image(one_aff, image_id)["attention"], get_image(batched_aff, image_id)["attention"],
+                               atol=1e-6)

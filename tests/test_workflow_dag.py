@@ -160,3 +160,51 @@ def test_every_rule_digests_the_script_it_runs():
             digest = re.search(r'code=code_digest\("([\w.]+)"\)', block)
             if block.startswith("rule ") and (script or digest):
                 assert script and digest and script.group(1) == digest.group(1), f"{rule_file.name}: {block[:60]}"
+
+
+def _declared_threads(result) -> dict[str, set[int]]:
+    """Rule -> the thread counts of its jobs in a dry run (a job block without a threads line has 1)."""
+    import re
+
+    threads: dict[str, set[int]] = {}
+    for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout + result.stderr):
+        name = re.match(r"(?:local)?rule (\w+):", block)
+        if name:
+            count = re.search(r"^\s+threads: (\d+)$", block, re.MULTILINE)
+            threads.setdefault(name.group(1), set()).add(int(count.group(1)) if count else 1)
+    return threads
+
+
+def test_torch_rules_declare_threads_and_slurm_gives_gpu_rules_as_many_cpus(tmp_path):
+    import re
+
+    result = snakemake(tmp_path, "-n", "--cores", "64", config=REPO / "config.yaml")
+    threads = _declared_threads(result)
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
+    gpu_rules = set()
+    for rule_file in [*(REPO / "rules").glob("*.smk"), *(REPO / "rules").glob("*/*.smk")]:
+        for block in re.split(r"\n(?=rule |use rule )", rule_file.read_text()):
+            name = re.match(r"rule (\w+):", block)
+            script = re.search(r'script:\s*"[./]*workflow_scripts/([\w.]+)"', block)
+            if not (name and script):
+                continue
+            source = (REPO / "workflow_scripts" / script.group(1)).read_text()
+            if "compute_job(" in source:  # the scripts that run torch
+                assert "compute_job(snakemake.threads" in source, f"{script.group(1)} sets torch threads from the rule"
+                assert re.search(rf'threads: res\("{name.group(1)}", "threads", \d+\)', block), \
+                    f"rule {name.group(1)} declares threads: from the config (resources.{name.group(1)}.threads)"
+            if "gpu=GPU" in block:
+                gpu_rules.add(name.group(1))
+    assert {"clip_es_gradcam", "text_features", "predict", "train_segmenter"} <= gpu_rules
+    for rule in gpu_rules:
+        assert rule in profile, f"profiles/slurm has no partition/GPU entry for {rule}"
+        if rule in threads:  # scheduled by the demo config
+            assert threads[rule] == {profile[rule]["cpus_per_gpu"]}, \
+                f"{rule}: SLURM gives {profile[rule]['cpus_per_gpu']} CPUs per GPU, the rule runs {threads[rule]}"
+    assert threads["clip_es_gradcam"] == {8} and threads["clip_es_caa"] == {1}
+
+
+def test_resources_threads_in_the_config_set_a_rules_threads(tmp_path):
+    config = write_config(tmp_path / "threads.yaml", resources={"clip_es_gradcam": {"threads": 3}})
+    threads = _declared_threads(snakemake(tmp_path, "-n", "--cores", "64", config=config))
+    assert threads["clip_es_gradcam"] == {3}

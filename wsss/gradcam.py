@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Optional, Sequence
 
@@ -27,10 +28,17 @@ __all__ = [
     "layer_mean_attention",
     "patch_sum_of_input_gradients",
     "softmax_gradcam",
+    "softmax_gradcam_batch",
+    "PRECISIONS",
+    "autocast_precision",
 ]
 
 _SCORES = ("softmax", "logit")
 _ARITHMETIC = ("auto", "reference", "fast")
+# faithful: the official code's roundings (fp16 position table; fp16 weights where the CLIP is loaded in fp16);
+# fp32: plain fp32; bf16 / fp16: autocast of fp32 weights (fast modes; fp16 only on CUDA)
+PRECISIONS = ("faithful", "fp32", "bf16", "fp16")
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @dataclass
@@ -174,6 +182,14 @@ def _weights_reference(
     return alpha, acts, logits.detach()[0], (attn.detach()[0] if attn is not None else None)
 
 
+def _vjp_per_class(vjp_fn, cotangents: torch.Tensor) -> torch.Tensor:
+    """vjp_fn applied to each cotangent (one per class), stacked: one vmapped backward pass."""
+    if torch.is_autocast_enabled(cotangents.device.type):
+        # vmap cannot batch the backward of autocast's casts (dtype mismatch); K passes of the small head
+        return torch.stack([vjp_fn(cotangent)[0] for cotangent in cotangents])
+    return torch.vmap(vjp_fn)(cotangents)[0]
+
+
 def _weights_fast(
     model: CLIP, tokens: torch.Tensor, text: torch.Tensor, k: int, score: str, attention_sum: torch.Tensor | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -196,11 +212,29 @@ def _weights_fast(
         return scores[0, :k], logits[0]
 
     # torch.func.vjp differentiates even under an outer no_grad; vmap runs the K backward passes as one
-    _, vjp_fn, logits = torch.func.vjp(class_scores, parts.out[None], has_aux=True)
-    (d_out,) = torch.vmap(vjp_fn)(torch.eye(k, dtype=parts.out.dtype, device=parts.out.device))
+    scores, vjp_fn, logits = torch.func.vjp(class_scores, parts.out[None], has_aux=True)
+    d_out = _vjp_per_class(vjp_fn, torch.eye(k, dtype=scores.dtype, device=scores.device))
     with torch.no_grad():
         alpha = patch_sum_of_input_gradients(parts, d_out[:, 0], block.attn.in_proj_weight) / (ln1.shape[1] - 1)
     return alpha, ln1[0, 1:], logits.detach()
+
+
+def autocast_precision(precision: str) -> bool:
+    """True for the fast modes, which autocast fp32 weights (the CLIP must be loaded in fp32 for them)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    return precision in _AUTOCAST
+
+
+def _precision_context(precision: str, device: torch.device, dtype: torch.dtype) -> contextlib.AbstractContextManager:
+    """torch.autocast for the fast modes, nothing for faithful / fp32."""
+    if not autocast_precision(precision):
+        return contextlib.nullcontext()
+    if dtype != torch.float32:
+        raise ValueError(f"precision {precision!r} autocasts fp32 weights, but the CLIP is {dtype}; load it in fp32")
+    if precision == "fp16" and device.type != "cuda":
+        raise ValueError(f"precision 'fp16' is CUDA autocast; on {device.type} use 'bf16'")
+    return torch.autocast(device.type, dtype=_AUTOCAST[precision])
 
 
 def softmax_gradcam(
@@ -213,6 +247,7 @@ def softmax_gradcam(
     use_background: bool = True,
     attn_layers: Sequence[int | None] = (-8, None),
     arithmetic: str = "auto",
+    precision: str = "fp32",
 ) -> CamResult:
     """CLIP-ES softmax-GradCAM of one preprocessed image (3, H, W) for its K present classes.
 
@@ -226,11 +261,17 @@ def softmax_gradcam(
     the same quantities with fewer passes (patch sums of the gradients taken by hand below the last
     attention, one running sum of the maps over heads and blocks), equal up to float summation order;
     "auto" = fast for fp32 weights, reference otherwise (fp16 keeps the reference's fp16 roundings).
+
+    precision (see PRECISIONS): "faithful" rounds the interpolated position table to fp16 as the official
+    code does on every forward; "fp32" keeps it fp32; "bf16" / "fp16" run the blocks, the last block and
+    its backward under autocast (fast, not faithful), while the attention maps are summed and the CAMs
+    formed in fp32.
     """
     if score not in _SCORES:
         raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
     if arithmetic not in _ARITHMETIC:
         raise ValueError(f"arithmetic must be one of {_ARITHMETIC}, got {arithmetic!r}")
+    autocast_precision(precision)  # validates the name
     if image.ndim == 4 and image.shape[0] == 1:
         image = image[0]
     if image.ndim != 3 or image.shape[0] != 3:
@@ -261,19 +302,25 @@ def softmax_gradcam(
     # attention kernel); the last block's forward, the same for every class, also runs once (the reference
     # repeats it K times).
     images = image[None].to(device)
-    if arithmetic == "fast":
-        n_tok = 1 + grid_hw[0] * grid_hw[1]
-        total = torch.zeros(1, n_tok, n_tok, dtype=torch.float32, device=device)
-        tokens, _ = encode_image_tokens(
-            model, images, upto_block=n_blocks - 1, attention_blocks=wanted, attention_sum=total
-        )
-        alpha, acts, logits = _weights_fast(model, tokens, text, k, score, total if n_blocks - 1 in wanted else None)
-        attention_mean = total[0, 1:, 1:] / (blocks[0].attn.num_heads * len(wanted))
-    else:
-        tokens, attentions = encode_image_tokens(model, images, upto_block=n_blocks - 1, attention_blocks=wanted)
-        alpha, acts, logits, last = _weights_reference(model, tokens, text, k, score, n_blocks - 1 in wanted)
-        maps = [a[0] if a is not None else None for a in attentions] + [last]
-        attention_mean = layer_mean_attention(maps, attn_layers)
+    position_dtype = torch.float16 if precision == "faithful" else None
+    with _precision_context(precision, device, dtype):
+        if arithmetic == "fast":
+            n_tok = 1 + grid_hw[0] * grid_hw[1]
+            # fp32 under autocast too: the in-place sum is not autocast, each map is added in fp32
+            total = torch.zeros(1, n_tok, n_tok, dtype=torch.float32, device=device)
+            tokens, _ = encode_image_tokens(model, images, upto_block=n_blocks - 1, attention_blocks=wanted,
+                                            attention_sum=total, position_dtype=position_dtype)
+            last = total if n_blocks - 1 in wanted else None
+            alpha, acts, logits = _weights_fast(model, tokens, text, k, score, last)
+            attention_mean = total[0, 1:, 1:] / (blocks[0].attn.num_heads * len(wanted))
+        else:
+            tokens, attentions = encode_image_tokens(model, images, upto_block=n_blocks - 1, attention_blocks=wanted,
+                                                     position_dtype=position_dtype)
+            alpha, acts, logits, last = _weights_reference(model, tokens, text, k, score, n_blocks - 1 in wanted)
+            maps = [a[0] if a is not None else None for a in attentions] + [last]
+            attention_mean = layer_mean_attention(maps, attn_layers)
+    if autocast_precision(precision):
+        acts, alpha = acts.float(), alpha.float()
     cams = cam_from_channel_weights(acts, alpha, grid_hw)
     return CamResult(
         cams=cams.cpu(),
@@ -281,3 +328,91 @@ def softmax_gradcam(
         logits=logits.float().cpu(),
         grid_hw=grid_hw,
     )
+
+
+def softmax_gradcam_batch(
+    model: CLIP,
+    images: torch.Tensor,
+    fg_texts: Sequence[torch.Tensor],
+    bg_text: torch.Tensor,
+    *,
+    score: str = "softmax",
+    use_background: bool = True,
+    attn_layers: Sequence[int | None] = (-8, None),
+    precision: str = "fp32",
+) -> list[CamResult]:
+    """softmax_gradcam of B preprocessed images of one size (B, 3, H, W), fp32 weights, fast arithmetic.
+
+    The blocks run on the whole batch, and the K classes of every image share one vectorised backward:
+    the images' class lists are padded to the largest K (padded logits are -inf, so they take no
+    softmax mass), and cotangent k selects class k of every image at once, since no image's score
+    depends on another image. Equal to one softmax_gradcam(..., arithmetic="fast") per image up to
+    float summation order.
+    """
+    if score not in _SCORES:
+        raise ValueError(f"score must be one of {_SCORES}, got {score!r}")
+    autocast_precision(precision)
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
+    if len(fg_texts) != images.shape[0] or any(t.ndim != 2 or t.shape[0] == 0 for t in fg_texts):
+        raise ValueError(f"fg_texts must hold one (K>0, E) tensor per image, got {len(fg_texts)} for {images.shape[0]}")
+    dtype = model_dtype(model)
+    if dtype != torch.float32:
+        raise ValueError(f"batched CAMs use the fast arithmetic on fp32 weights, but the CLIP is {dtype}")
+    device = model.visual.conv1.weight.device
+    blocks = model.visual.transformer.resblocks
+    n_blocks, block = len(blocks), blocks[-1]
+    p = patch_size(model)
+    grid_hw = (int(images.shape[-2]) // p, int(images.shape[-1]) // p)
+    wanted = attention_block_indices(n_blocks, attn_layers)
+    if not wanted:
+        raise ValueError(f"attention layers {list(attn_layers)} select none of {n_blocks} blocks")
+    b, ks = images.shape[0], [int(t.shape[0]) for t in fg_texts]
+    k_max = max(ks)
+    # (B, k_max [+ M], E): each image's classes, zero rows as padding, then the shared background words
+    width = fg_texts[0].shape[1]
+    texts = torch.zeros(b, k_max, width, dtype=dtype, device=device)
+    for i, text in enumerate(fg_texts):
+        texts[i, : ks[i]] = text.to(device=device, dtype=dtype)
+    if use_background:
+        texts = torch.cat([texts, bg_text.to(device=device, dtype=dtype).expand(b, -1, -1)], dim=1)
+    texts = texts / texts.norm(dim=-1, keepdim=True).clamp_min(torch.finfo(dtype).tiny)
+    padding = torch.zeros(b, texts.shape[1], dtype=torch.bool, device=device)
+    for i, k in enumerate(ks):
+        padding[i, k:k_max] = True
+
+    n_tok = 1 + grid_hw[0] * grid_hw[1]
+    total = torch.zeros(b, n_tok, n_tok, dtype=torch.float32, device=device)
+    with _precision_context(precision, device, dtype):
+        tokens, _ = encode_image_tokens(model, images.to(device), upto_block=n_blocks - 1, attention_blocks=wanted,
+                                        attention_sum=total,
+                                        position_dtype=torch.float16 if precision == "faithful" else None)
+        with torch.no_grad():
+            ln1 = block.ln_1(tokens)
+            parts = [attention_parts(block.attn, ln1[i]) for i in range(b)]
+            if n_blocks - 1 in wanted:
+                for i, part in enumerate(parts):
+                    add_head_sum(total[i : i + 1], part.probs[None])
+
+        def class_scores(out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            emb = embedding_from_attention_output(model, tokens, out)
+            feats = emb / emb.norm(dim=-1, keepdim=True)
+            logits = torch.bmm((model.logit_scale.exp() * feats)[:, None], texts.transpose(1, 2))[:, 0]
+            logits = logits.masked_fill(padding, float("-inf"))
+            scores = logits.softmax(dim=-1) if score == "softmax" else logits
+            return scores[:, :k_max], logits
+
+        scores, vjp_fn, logits = torch.func.vjp(class_scores, torch.stack([part.out for part in parts]), has_aux=True)
+        # cotangent k: class k of every image (padded classes of short lists get zero gradients, unused)
+        selectors = torch.eye(k_max, dtype=scores.dtype, device=device)[:, None, :].expand(k_max, b, k_max)
+        d_out = _vjp_per_class(vjp_fn, selectors)
+        results = []
+        with torch.no_grad():
+            for i, part in enumerate(parts):
+                alpha = patch_sum_of_input_gradients(part, d_out[: ks[i], i], block.attn.in_proj_weight) / (n_tok - 1)
+                cams = cam_from_channel_weights(ln1[i, 1:].float(), alpha.float(), grid_hw)
+                kept = torch.cat([logits[i, : ks[i]], logits[i, k_max:]]).detach()
+                attention_mean = total[i, 1:, 1:] / (blocks[0].attn.num_heads * len(wanted))
+                results.append(CamResult(cams=cams.cpu(), attention_mean=attention_mean.cpu(),
+                                         logits=kept.float().cpu(), grid_hw=grid_hw))
+    return results

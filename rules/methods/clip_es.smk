@@ -22,6 +22,7 @@ rule clip_es_gradcam:
         method=one_of(set(instances_of(METHODS, "clip_es")) - KEEPS_AFFINITY),
     conda:
         "../../envs/wsss.yaml"
+    threads: res("clip_es_gradcam", "threads", 8)
     resources:
         gpu=GPU,
         mem_mb=lambda wc, attempt: res("clip_es_gradcam", "mem_mb", 8000) * attempt,
@@ -59,6 +60,7 @@ rule clip_es_caa:
         method=one_of(instances_of(METHODS, "clip_es")),
     conda:
         "../../envs/wsss.yaml"
+    threads: res("clip_es_caa", "threads", 1)  # many shards side by side (50 per SLURM group job)
     resources:
         mem_mb=res("clip_es_caa", "mem_mb", 2000),
         runtime=res("clip_es_caa", "runtime", 30),

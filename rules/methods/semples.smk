@@ -142,7 +142,7 @@ rule semples_cams:
         method=one_of(instances_of(METHODS, "semples")),
     conda:
         "../../envs/wsss.yaml"
-    threads: res("semples_cams", "threads", 2)
+    threads: res("semples_cams", "threads", 4)
     resources:
         gpu=GPU,
         mem_mb=res("semples_cams", "mem_mb", 8000),

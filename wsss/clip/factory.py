@@ -22,6 +22,7 @@ __all__ = [
     "load_clip",
     "model_dtype",
     "patch_size",
+    "weights_origin",
 ]
 
 log = logging.getLogger(__name__)
@@ -172,15 +173,13 @@ def load_clip(
         if sha256:
             check_sha256(path, sha256)
         state_dict, is_torchscript = _read_checkpoint(path)
+        origin = weights_origin(state_dict, is_torchscript)
         for key in _OPENAI_EXTRA_KEYS + _NON_PERSISTENT_KEYS:
             state_dict.pop(key, None)
-        cfg = model_cfg
+        cfg, source = (model_cfg, "model_cfg") if model_cfg is not None else (_named_config(model), model)
         if cfg is None:
-            cfg = _named_config(model)
-            if cfg is not None and is_torchscript:
-                cfg["quick_gelu"] = True  # OpenAI's archives were trained with QuickGELU
-        if cfg is None:
-            cfg = config_from_openai_state_dict(state_dict)
+            cfg, source = config_from_openai_state_dict(state_dict), "the config inferred from the weights"
+        cfg = dict(cfg, quick_gelu=_choose_quick_gelu(bool(cfg.get("quick_gelu", False)), origin, source, path))
         net = build_clip(cfg, cast_dtype=cast_dtype)
         try:
             net.load_state_dict(state_dict, strict=True)
@@ -205,6 +204,8 @@ def load_clip(
         if tag not in tags:
             raise ValueError(f"pretrained {tag!r} is neither a file nor an open_clip tag of {model!r} ({tags})")
         tag_cfg = open_clip.get_pretrained_cfg(model, tag)
+        log.info("CLIP %s:%s: building %s, as open_clip's record of these weights says", model, tag,
+                 "QuickGELU" if tag_cfg.get("quick_gelu", False) else "the model's own activation")
         # open_clip downloads the weights here (user machines only; never in tests). Its "fp16" is the same
         # manual half precision as OpenAI's (LayerNormFp32, weights converted by convert_weights_to_lp).
         net = open_clip.create_model(
@@ -218,6 +219,37 @@ def load_clip(
     net.eval()
     net.requires_grad_(False)
     return net
+
+
+def weights_origin(state_dict: dict, is_torchscript: bool) -> str:
+    """"openai" for OpenAI's TorchScript archive or a state dict taken from it (it keeps the archive's
+    input_resolution / context_length / vocab_size entries), else "unknown".
+
+    A state dict re-saved from a plain module cannot be told apart: OpenAI's and open_clip's CLIP use the
+    same parameter names, and open_clip's own weights (LAION, DataComp) are trained with GELU.
+    """
+    if is_torchscript or all(key in state_dict for key in _OPENAI_EXTRA_KEYS):
+        return "openai"
+    return "unknown"
+
+
+def _choose_quick_gelu(configured: bool, origin: str, name: str, path: Path) -> bool:
+    """The activation to build for local weights, logged: OpenAI's weights get QuickGELU whatever the name says."""
+    if origin == "openai":
+        if configured:
+            log.info("CLIP weights %s are OpenAI's: building QuickGELU", path)
+        else:
+            log.warning("CLIP weights %s are OpenAI's, trained with QuickGELU: building QuickGELU although %r "
+                        "names GELU (name the model '<name>-quickgelu' to say so)", path, name)
+        return True
+    if configured:
+        log.info("CLIP weights %s: building QuickGELU, as %r says (right for OpenAI's weights and for open_clip's "
+                 "-quickgelu releases)", path, name)
+    else:
+        log.warning("CLIP weights %s carry no mark of their origin: building GELU, as %r says. OpenAI's weights "
+                    "need QuickGELU: give OpenAI's TorchScript archive, or name the model '<name>-quickgelu'",
+                    path, name)
+    return configured
 
 
 def _named_config(model: str | None) -> dict | None:

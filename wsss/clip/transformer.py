@@ -130,8 +130,12 @@ def attention_parts(attn: torch.nn.MultiheadAttention, x: torch.Tensor) -> Atten
     return AttentionParts(q, k, v, probs, out)
 
 
-def _embed_patches(model: CLIP, images: torch.Tensor) -> torch.Tensor:
-    """conv1 patches + CLS + interpolated position embeddings + ln_pre: (B, 1+N, D)."""
+def _embed_patches(model: CLIP, images: torch.Tensor, position_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """conv1 patches + CLS + interpolated position embeddings + ln_pre: (B, 1+N, D).
+
+    position_dtype rounds the interpolated table (CLS row included) before it is added, as the official
+    CLIP-ES code does: its table comes back as fp16 on every forward, also on the CPU where tokens are fp32.
+    """
     visual = model.visual
     if images.ndim != 4 or images.shape[1] != 3:
         raise ValueError(f"images must be (B, 3, H, W), got shape {tuple(images.shape)}")
@@ -140,12 +144,15 @@ def _embed_patches(model: CLIP, images: torch.Tensor) -> torch.Tensor:
     if hh % p or ww % p:
         raise ValueError(f"image size {hh}x{ww} is not a multiple of the patch size {p}")
     dtype = model_dtype(model)
-    x = visual.conv1(images.to(dtype))
+    # the residual stream stays in the weights' dtype; under autocast only the products are rounded
+    x = visual.conv1(images.to(dtype)).to(dtype)
     b, d = x.shape[:2]
     x = x.reshape(b, d, -1).permute(0, 2, 1)
     cls = visual.class_embedding.to(x.dtype).reshape(1, 1, d).expand(b, 1, d)
     x = torch.cat([cls, x], dim=1)
     pos = interpolate_pos_embed(visual.positional_embedding, (hh // p, ww // p))
+    if position_dtype is not None:
+        pos = pos.to(position_dtype)
     x = x + pos.to(x.dtype)
     return visual.ln_pre(x)
 
@@ -157,6 +164,7 @@ def encode_image_tokens(
     upto_block: int,
     attention_blocks: Collection[int] | None = None,
     attention_sum: torch.Tensor | None = None,
+    position_dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, list[torch.Tensor | None]]:
     """Tokens after blocks 0..upto_block-1 (no grad) and each block's head-averaged attention (B, 1+N, 1+N).
 
@@ -164,7 +172,7 @@ def encode_image_tokens(
     other blocks run open_clip's fused attention and give None in the list (same numbers up to rounding).
     With attention_sum, a (B, 1+N, 1+N) buffer, the selected blocks' maps are instead added to it summed
     over heads (add_head_sum) and also give None: cheaper than per-block head means when only their
-    layer mean is wanted (the sum's divisor is heads x blocks).
+    layer mean is wanted (the sum's divisor is heads x blocks). position_dtype: see _embed_patches.
     """
     blocks = model.visual.transformer.resblocks
     if not 0 <= upto_block <= len(blocks):
@@ -175,7 +183,7 @@ def encode_image_tokens(
     wanted = set(range(n)) if attention_blocks is None else {int(i) % n for i in attention_blocks}
     attns: list[torch.Tensor | None] = []
     with torch.no_grad():
-        x = _embed_patches(model, images)
+        x = _embed_patches(model, images, position_dtype)
         for i, block in enumerate(blocks[:upto_block]):
             if i not in wanted:
                 x, w = block_forward(block, x), None

@@ -17,7 +17,8 @@ DEFAULTS: dict[str, Any] = {
         "template": "a clean origami {}.",
         "candidates": ["a clean origami {}.", "a photo of a {}.", "a rendering of a weird {}.", "a photo of the {}."],
     },
-    "cam": {"score": "softmax", "use_background": True, "attn_layers": [-8, None], "input_scale": 1},
+    "cam": {"score": "softmax", "use_background": True, "attn_layers": [-8, None], "input_scale": 1,
+            "precision": "faithful", "batch_size": 1},
     "caa": {
         "enabled": True,
         "sinkhorn_rounds": 3,

@@ -62,7 +62,7 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.03,  # COCO: 0.05
     },
     # The frozen CLIP critic: ViT-B/32 (open_clip tag or local weights), or "demo" for the pipeline's demo CLIP.
-    "critic": {"model": "ViT-B-32", "pretrained": "openai", "sha256": None, "precision": "fp16"},
+    "critic": {"model": "ViT-B-32-quickgelu", "pretrained": "openai", "sha256": None, "precision": "fp16"},
     # Class text t_k = CLIP("a photo of {name}."); null names take the dataset's SemPLeS list.
     "text": {"template": "a photo of {}.", "class_names": None},
     # Training images: timm's ImageNet training transform (RandAugment, random erasing) in stages a/c and
