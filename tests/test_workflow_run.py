@@ -367,6 +367,7 @@ def test_run_manifest_records_provenance_and_verify_names_a_changed_file(tiny_ru
     workdir = tmp_path / "copy"
     shutil.copytree(tiny_run, workdir, symlinks=True)
     copied = workdir / RUN / "manifest.json"
+    (workdir / RUN / "report.html").write_text("<html></html>")  # make report writes it after the manifest
     passed = subprocess.run([*verify, str(copied)], capture_output=True, text=True)
     assert passed.returncode == 0, passed.stdout + passed.stderr
     assert f"all {len(outputs)} outputs" in passed.stdout

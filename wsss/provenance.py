@@ -31,6 +31,8 @@ FORMAT = "wsss-run-manifest/1"
 # Records of how a run ran, not results: not digested (folders, and files by name or suffix).
 _NOT_OUTPUTS = {"logs", "benchmarks", "checkpoints"}
 _NOT_OUTPUT_FILES = {"benchmark.tsv", "checkpoint.pt"}
+# `snakemake --report` (make report) writes the run's report after the manifest, from the finished run
+_REPORT_NAMES = {"report.html", "report.zip"}
 _PACKAGES = {"torch": "torch", "torchvision": "torchvision", "open_clip": "open_clip_torch", "snakemake": "snakemake",
              "pydensecrf": "pydensecrf2", "numpy": "numpy", "h5py": "h5py", "pillow": "pillow",
              "opencv": "opencv-python-headless"}
@@ -68,12 +70,12 @@ def git_state(folder: str | Path) -> dict[str, Any]:
 
 def output_files(run_dir: str | Path) -> list[Path]:
     """Every result file of a run, sorted: all files below it except logs, benchmarks, checkpoints,
-    hidden files (temporaries) and the manifest itself."""
+    hidden files (temporaries), the manifest itself and the report built from the finished run."""
     run_dir = Path(run_dir)
     found = []
     for path in run_dir.rglob("*"):
         parts = path.relative_to(run_dir).parts
-        if path.is_dir() or path.name == MANIFEST_NAME and len(parts) == 1:
+        if path.is_dir() or len(parts) == 1 and (path.name == MANIFEST_NAME or path.name in _REPORT_NAMES):
             continue
         if any(part in _NOT_OUTPUTS or part.startswith(".") for part in parts):
             continue
