@@ -5,7 +5,7 @@ from wsss.segmenter.deeplab import MSC, DeepLabV2, build_deeplab, initialise, lo
 from wsss.segmenter.losses import balanced_ce, ce_loss, segmentation_loss
 from wsss.segmenter.predict import predict_labels, predict_logits, predict_probs
 from wsss.segmenter.schedule import PolyLR, param_groups, poly_lr
-from wsss.segmenter.train import SegmenterConfig, build_model, load_segmenter, train_segmenter
+from wsss.segmenter.train import SegmenterConfig, build_model, load_predictor, load_segmenter, train_segmenter
 
 __all__ = [
     "DeepLabV2",
@@ -25,6 +25,7 @@ __all__ = [
     "SegmenterConfig",
     "build_model",
     "train_segmenter",
+    "load_predictor",
     "load_segmenter",
     "predict_logits",
     "predict_probs",

@@ -243,6 +243,11 @@ def _check_resume_config(saved: Mapping, cfg: SegmenterConfig, path: Path) -> No
 
 def load_segmenter(path: str | Path, device: str | torch.device | None = None) -> nn.Module:
     """Rebuild the model saved by `train_segmenter` (final weights or a checkpoint), in eval mode."""
+    return load_predictor(path, device)[0]
+
+
+def load_predictor(path: str | Path, device: str | torch.device | None = None) -> tuple[nn.Module, str]:
+    """(model in eval mode, its input normalisation) from a file written by `train_segmenter`, read once."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"segmenter weights not found: {path}")
@@ -253,7 +258,7 @@ def load_segmenter(path: str | Path, device: str | torch.device | None = None) -
     model = build_model(cfg)
     base_model(model).load_state_dict(state["model"])
     model.to(torch.device(device) if device is not None else "cpu")
-    return model.eval()
+    return model.eval(), cfg.normalisation
 
 
 # ----------------------------------------------------------------------------------------------------

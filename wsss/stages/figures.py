@@ -47,10 +47,9 @@ def _predictor(model_path: str | Path | None):
     if model_path is None:
         return None
     from wsss.segmenter.predict import predict_probs
-    from wsss.segmenter.train import load_segmenter
+    from wsss.segmenter.train import load_predictor
 
-    model = load_segmenter(model_path, device=torch.device("cpu"))
-    normalisation = torch.load(model_path, map_location="cpu", weights_only=True)["config"]["normalisation"]
+    model, normalisation = load_predictor(model_path, device=torch.device("cpu"))
     return lambda image: np.argmax(predict_probs(model, image, scales=(1.0,), flip=False,
                                                  normalisation=normalisation), axis=0).astype(np.uint8)
 

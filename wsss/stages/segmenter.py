@@ -21,7 +21,7 @@ from wsss.h5store import (file_digest, image_ids, iter_images, normalise_locking
                           set_image_order, write_stage)
 from wsss.images import decode_image
 from wsss.segmenter.predict import predict_probs
-from wsss.segmenter.train import SegmenterConfig, load_segmenter, train_segmenter
+from wsss.segmenter.train import SegmenterConfig, load_predictor, train_segmenter
 from wsss.progress import progress
 from wsss.shards import shard_rows
 from wsss.masks_png import PREDICTION_DIR
@@ -114,8 +114,7 @@ def run_prediction(
     locking: Any = None,
 ) -> None:
     """Predict one shard of a split: multi-scale (+flip) probabilities, argmax, optional dense CRF."""
-    model = load_segmenter(model_path, device=default_device())
-    normalisation = torch.load(model_path, map_location="cpu", weights_only=True)["config"]["normalisation"]
+    model, normalisation = load_predictor(model_path, device=default_device())
     table, skipped = usable_rows(shard_rows(read_manifest(manifest_path), shard, shard_size), keep_unlabeled=True)
     scales = tuple(predict["scales"])
     flip = bool(predict["flip"])

@@ -95,16 +95,8 @@ def run_gradcam(
             classes = [foreground[torch.from_numpy(k).to(device)] for k in keys]
             if batch_size == 1:
                 results = [softmax_gradcam(model, tensors[0], classes[0], background, **options)]
-            else:
-                results = [None] * len(tensors)
-                same_shape: dict[tuple[int, ...], list[int]] = {}  # the manifest's sizes, as decoded
-                for j, tensor in enumerate(tensors):
-                    same_shape.setdefault(tuple(tensor.shape), []).append(j)
-                for members in same_shape.values():
-                    batch = softmax_gradcam_batch(model, torch.stack([tensors[j] for j in members]),
-                                                  [classes[j] for j in members], background, **options)
-                    for j, result in zip(members, batch):
-                        results[j] = result
+            else:  # one manifest size, one decoded size: the manifest rule checked every image's size
+                results = softmax_gradcam_batch(model, torch.stack(tensors), classes, background, **options)
             for row, k, result in zip(rows.itertuples(index=False), keys, results):
                 size = {"height": int(row.height), "width": int(row.width)}
                 put_image(cams_out, row.image_id, {"keys": k.astype(np.int16), "cam": result.cams.cpu().numpy()},
