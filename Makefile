@@ -20,7 +20,7 @@ $(STAMP): requirements.lock requirements-dev.lock pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --workflow-profile none
+	$(BIN)/snakemake --cores $(CORES) --workflow-profile profiles/cpu
 	$(MAKE) report
 	@cat results/demo/tables/summary.md
 

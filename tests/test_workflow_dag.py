@@ -175,13 +175,11 @@ def _declared_threads(result) -> dict[str, set[int]]:
     return threads
 
 
-def test_torch_rules_declare_threads_and_slurm_gives_gpu_rules_as_many_cpus(tmp_path):
+def _torch_rules() -> dict[str, str]:
+    """Rule name -> rule block, for every rule whose script runs torch (it enters compute_job)."""
     import re
 
-    result = snakemake(tmp_path, "-n", "--cores", "64", config=REPO / "config.yaml")
-    threads = _declared_threads(result)
-    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
-    gpu_rules = set()
+    rules = {}
     for rule_file in [*(REPO / "rules").glob("*.smk"), *(REPO / "rules").glob("*/*.smk")]:
         for block in re.split(r"\n(?=rule |use rule )", rule_file.read_text()):
             name = re.match(r"rule (\w+):", block)
@@ -189,12 +187,24 @@ def test_torch_rules_declare_threads_and_slurm_gives_gpu_rules_as_many_cpus(tmp_
             if not (name and script):
                 continue
             source = (REPO / "workflow_scripts" / script.group(1)).read_text()
-            if "compute_job(" in source:  # the scripts that run torch
+            if "compute_job(" in source:
                 assert "compute_job(snakemake.threads" in source, f"{script.group(1)} sets torch threads from the rule"
-                assert re.search(rf'threads: res\("{name.group(1)}", "threads", \d+\)', block), \
-                    f"rule {name.group(1)} declares threads: from the config (resources.{name.group(1)}.threads)"
-            if "gpu=GPU" in block:
-                gpu_rules.add(name.group(1))
+                rules[name.group(1)] = block
+    return rules
+
+
+def test_torch_rules_declare_threads_and_slurm_gives_gpu_rules_as_many_cpus(tmp_path):
+    import re
+
+    result = snakemake(tmp_path, "-n", "--cores", "64", config=REPO / "config.yaml")
+    threads = _declared_threads(result)
+    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
+    gpu_rules = set()
+    for name, block in _torch_rules().items():
+        assert re.search(rf'threads: res\("{name}", "threads", \d+\)', block), \
+            f"rule {name} declares threads: from the config (resources.{name}.threads)"
+        if "gpu=GPU" in block:
+            gpu_rules.add(name)
     assert {"clip_es_gradcam", "text_features", "predict", "train_segmenter"} <= gpu_rules
     for rule in gpu_rules:
         assert rule in profile, f"profiles/slurm has no partition/GPU entry for {rule}"
@@ -202,6 +212,22 @@ def test_torch_rules_declare_threads_and_slurm_gives_gpu_rules_as_many_cpus(tmp_
             assert threads[rule] == {profile[rule]["cpus_per_gpu"]}, \
                 f"{rule}: SLURM gives {profile[rule]['cpus_per_gpu']} CPUs per GPU, the rule runs {threads[rule]}"
     assert threads["clip_es_gradcam"] == {8} and threads["clip_es_caa"] == {1}
+
+
+def test_the_cpu_profile_runs_torch_jobs_on_one_thread_each_after_the_demo_clip(tmp_path):
+    # make demo's profile: on 2 cores, two one-thread jobs side by side beat one two-thread job
+    cpu_profile = REPO / "profiles" / "cpu"
+    result = snakemake(tmp_path, "-n", "--cores", "2", "--workflow-profile", str(cpu_profile),
+                       config=REPO / "config.yaml")
+    threads = _declared_threads(result)
+    torch_rules = set(_torch_rules())
+    set_threads = yaml.safe_load((cpu_profile / "config.yaml").read_text())["set-threads"]
+    # every torch rule but the demo CLIP, and the CRF's process pool
+    assert set(set_threads) == torch_rules - {"train_demo_clip"} | {"crf"}, "profiles/cpu misses a rule"
+    scheduled = (torch_rules | {"crf"}) & set(threads) - {"train_demo_clip"}
+    assert {"clip_es_gradcam", "semples_phase1", "train_segmenter", "predict", "crf"} <= scheduled
+    assert all(threads[rule] == {1} for rule in scheduled), {rule: threads[rule] for rule in scheduled}
+    assert threads["train_demo_clip"] == {2}  # nothing can run beside it: both cores
 
 
 def test_resources_threads_in_the_config_set_a_rules_threads(tmp_path):

@@ -18,6 +18,7 @@ rule semples_phase1:
         f"{SEMPLES_TRAINING}/phase1/{{key}}/benchmark.tsv"
     wildcard_constraints:
         key=stage_key_pattern("phase1"),
+    priority: 1  # the longest chain of a run: started first, shorter ones fill the other cores
     conda:
         "../../envs/wsss.yaml"
     threads: res("semples_phase1", "threads", 8)
@@ -48,6 +49,7 @@ rule semples_match:
         f"{SEMPLES_TRAINING}/match/{{key}}/benchmark.tsv"
     wildcard_constraints:
         key=stage_key_pattern("match"),
+    priority: 1
     conda:
         "../../envs/wsss.yaml"
     threads: res("semples_match", "threads", 8)
@@ -78,6 +80,7 @@ rule semples_prompts:
         f"{SEMPLES_TRAINING}/prompts/{{key}}/benchmark.tsv"
     wildcard_constraints:
         key=stage_key_pattern("prompts"),
+    priority: 1
     conda:
         "../../envs/wsss.yaml"
     threads: res("semples_prompts", "threads", 8)
@@ -112,6 +115,7 @@ rule semples_refine:
         f"{SEMPLES_TRAINING}/refine/{{key}}/benchmark.tsv"
     wildcard_constraints:
         key=stage_key_pattern("refine"),
+    priority: 1
     conda:
         "../../envs/wsss.yaml"
     threads: res("semples_refine", "threads", 8)
