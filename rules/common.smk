@@ -17,7 +17,15 @@ os.environ.update(
 from wsss import workflow_support as support
 from wsss.classes import dataset_classes
 from wsss.methods import instances_of
-from wsss.methods.semples import class_names, final_stage, stage_keys, stage_settings
+from wsss.methods.semples import (
+    class_names,
+    class_tokens,
+    final_stage,
+    imported_generator,
+    imported_phase1,
+    stage_keys,
+    stage_settings,
+)
 from wsss.shards import SHARD_PATTERN
 from wsss.stages.pseudo_masks import crf_config
 from wsss.source_digest import source_digest
@@ -187,6 +195,7 @@ def named_weights():
     }
     for name in instances_of(METHODS, "semples"):
         named[f"methods.{name}.weaktr.checkpoint"] = METHODS[name]["weaktr"].get("checkpoint")
+        named[f"methods.{name}.phase1.checkpoint"] = imported_phase1(METHODS[name])
         named[f"methods.{name}.critic.pretrained"] = METHODS[name]["critic"].get("pretrained")
     return {key: path for key, path in named.items() if path}
 
@@ -200,8 +209,13 @@ def settings(value):
 
 # SemPLeS training stages: shared between instances whose settings up to that stage are equal.
 SEMPLES_TRAINING = f"{OUT}/training/semples"
+# An imported phase-1 model (phase1.checkpoint) is keyed by its file's digest, checked here before any job.
 SEMPLES_KEYS = {
-    name: stage_keys(METHODS[name], {"split": PSEUDO_SPLIT, "classes": list(DATASET_CLASSES)})
+    name: stage_keys(
+        METHODS[name],
+        {"split": PSEUDO_SPLIT, "classes": list(DATASET_CLASSES)},
+        support.phase1_digest(name, METHODS[name]),
+    )
     for name in instances_of(METHODS, "semples")
 }
 
@@ -213,7 +227,9 @@ def semples_instance(stage, key):
 
 
 def semples_model(stage, name):
-    """The trained model file of one of an instance's stages."""
+    """The model file of one of an instance's stages (phase 1: the imported file, if it names one)."""
+    if stage == "phase1" and imported_phase1(METHODS[name]):
+        return imported_phase1(METHODS[name])
     return f"{SEMPLES_TRAINING}/{stage}/{SEMPLES_KEYS[name][stage]}/model.pt"
 
 
@@ -226,6 +242,18 @@ def semples_class_names(stage):
     """Params of a training stage: the class names in its CLIP text."""
     method = lambda wc: semples_instance(stage, wc.key)[1]
     return lambda wc: class_names(method(wc), DATASET["kind"], DATASET_CLASSES)
+
+
+def semples_tokens(stage):
+    """Params of a training stage: WeakTr's class tokens (how many, and each dataset class's slot)."""
+    method = lambda wc: semples_instance(stage, wc.key)[1]
+    return lambda wc: class_tokens(method(wc), DATASET["kind"], DATASET_CLASSES)
+
+
+def semples_imported_phase1(stage):
+    """Params of stages a and c: the geometry an imported phase-1 model loads into (None: phase 1 trained here)."""
+    method = lambda wc: semples_instance(stage, wc.key)[1]
+    return lambda wc: settings(imported_generator(method(wc), DATASET["kind"], DATASET_CLASSES))
 
 
 def critic_input(stage):

@@ -177,3 +177,20 @@ def test_gradient_reaches_the_cam_through_the_masks():
     total.backward()
     assert torch.isfinite(total)
     assert fine_cam.grad is not None and fine_cam.grad.abs().sum() > 0
+
+
+def test_fp16_similarities_round_the_upper_clamp_to_one_as_the_release_does():
+    # V_B's second pair has cosine 1.0: clamped to 0.9999 in fp32, which fp16 cannot hold
+    assert clamped_cosine(V_B, T).tolist()[1] == pytest.approx(HIGH)
+    half = clamped_cosine(V_B, T, dtype=torch.float16)
+    assert half.dtype == torch.float16 and half.tolist()[1] == 1.0
+    total, terms = match_loss(V_F, V_B, T, lambda1=2.4, dtype=torch.float16)
+    assert math.isinf(terms["bg_text"]) and math.isinf(total.item())  # the GradScaler then skips the step
+    finite, _ = match_loss(V_F, V_B, T, lambda1=2.4)
+    assert math.isfinite(finite.item())
+    # below the clamp, fp16 only rounds: the terms agree with fp32's to fp16's precision
+    _, half_terms = prompt_loss(V_B, T, U, lambda2=0.02, dtype=torch.float16)
+    _, full_terms = prompt_loss(V_B, T, U, lambda2=0.02)
+    for name in ("bg_prompt", "text_prompt"):
+        assert half_terms[name] == pytest.approx(full_terms[name], rel=2e-3)
+        assert half_terms[name] != full_terms[name]

@@ -19,7 +19,8 @@ from wsss.methods.semples.prompts import (
 
 CONTEXT = 32
 SOT, EOT = 49406, 49407
-A_PHOTO_OF, FULL_STOP = [320, 1125, 539], 269
+# "a photo of", and the release's full stop: the bare byte token "." (13), not the word-final ".</w>" (269)
+A_PHOTO_OF, FULL_STOP, WORD_FINAL_FULL_STOP = [320, 1125, 539], 13, 269
 TINY = {
     "image_size": 32,
     "patch_size": 8,
@@ -65,6 +66,20 @@ def test_prompt_tokens_layout(tok, prompt_len):
     assert all(0 < i < EOT for i in ids[slots])
 
 
+def test_prompt_row_is_the_releases_for_its_template():
+    """The release's row for L = 30 in CLIP's 77-token context, written out id by id."""
+    tok77 = demo_tokenizer(77)
+    tokens, slots = prompt_tokens(tok77, 30, 77)
+    ids = tokens.tolist()
+    assert ids[:4] == [49406, 320, 1125, 539]  # [SOT] a photo of
+    assert slots == slice(4, 34)
+    assert ids[34:37] == [13, 49407, 0]  # the bare full stop, [EOT], padding
+    assert ids[37:] == [0] * 40
+    assert WORD_FINAL_FULL_STOP not in ids
+    # the end-of-text token sits at 5 + L, where the text pooling reads
+    assert int(tokens.argmax()) == 35
+
+
 def test_prompt_len_too_long_names_prompt_len(tok):
     prompt_tokens(tok, CONTEXT - 6, CONTEXT)  # exactly fills the context
     with pytest.raises(ValueError, match="prompt_len"):
@@ -73,16 +88,23 @@ def test_prompt_len_too_long_names_prompt_len(tok):
         prompt_tokens(tok, 0, CONTEXT)
 
 
+def test_prompt_row_needs_a_vocabulary():
+    with pytest.raises(ValueError, match="vocabulary"):
+        prompt_tokens(lambda texts: torch.zeros(len(texts), CONTEXT, dtype=torch.long), 2, CONTEXT)
+
+
 def test_prompts_of_word_embeddings_reproduce_encode_text(model, tok):
     phrases = ["red dog", "brick wall"]  # two BPE tokens each
     word_ids = torch.stack([_word_ids(tok, p) for p in phrases])
     assert word_ids.shape == (2, 2)
     tokens, slots = prompt_tokens(tok, 2, CONTEXT)
-    reference = tok([f"a photo of {p}." for p in phrases])
+    # the same rows built from the tokenised words, with the bare full stop put in by hand
+    reference = tok([f"a photo of {p}" for p in phrases])
+    reference = torch.cat([reference[:, :6], torch.full((2, 1), FULL_STOP), reference[:, 6:-1]], dim=1)
     for row, ids in zip(reference, word_ids):
         filled = tokens.clone()
         filled[slots] = ids
-        assert filled.tolist() == row.tolist()  # the same token sequence as the ordinary text
+        assert filled.tolist() == row.tolist()
 
     prompts = model.token_embedding(word_ids)  # (2, L, width)
     got = encode_with_prompts(model, prompts, tokens, slots)

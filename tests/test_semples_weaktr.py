@@ -6,16 +6,23 @@ import pytest
 import torch
 from timm.models.vision_transformer import VisionTransformer
 
+from wsss.classes import load_class_lists
 from wsss.digests import file_digest
+from wsss.methods import resolve_methods
+from wsss.methods.semples import class_tokens
+from wsss.methods.semples.class_names import COCO, COCO_CLASS_SLOTS, COCO_SLOTS, VOC
 from wsss.methods.semples.weaktr import (
     AdaptiveAttentionFusion,
     WeakTr,
     WeakTrConfig,
+    class_maps,
     deit_state_dict_for,
     interpolate_patch_pos_embed,
     is_backbone_key,
     load_deit,
+    load_weaktr_checkpoint,
     phase1_loss,
+    token_labels,
     split_heads_interleaved,
     stack_head_major,
     trainable_parameters,
@@ -259,3 +266,77 @@ def test_backbone_with_final_norm_matches_timm_forward_features():
     with torch.no_grad():
         tokens, *_ = model.encode(images)
         assert torch.allclose(tokens, vit.forward_features(images), atol=1e-5)
+
+
+# --- the release's checkpoints and COCO's 90 class tokens ------------------------------------------------
+
+
+def _save_release_checkpoint(path, model: WeakTr) -> None:
+    """A phase-1 file as the release writes it: the model's state beside its training state and argparse args."""
+    import argparse
+
+    torch.save({"model": model.state_dict(), "optimizer": {"state": {}, "param_groups": []}, "epoch": 59,
+                "args": argparse.Namespace(model="deit_small_WeakTr_AAF_AttnFeat_patch16_224", reduction=8)}, path)
+
+
+@pytest.mark.parametrize("tokens, slots", [(20, None), (90, list(COCO_CLASS_SLOTS))])
+def test_a_release_checkpoint_loads_strictly_and_computes_the_same_maps(tmp_path, tokens, slots):
+    torch.manual_seed(11)
+    reference = WeakTr(tiny_config(tokens)).eval()
+    with torch.no_grad():  # random weights, attention made non-uniform so that the maps carry information
+        for block in reference.blocks:
+            block.attn.qkv.weight.mul_(4.0)
+    path = tmp_path / "WeakTr_CAM_Generation.pth"
+    _save_release_checkpoint(path, reference)
+
+    loaded = load_weaktr_checkpoint(path, tiny_config(tokens, class_slots=slots), sha256=file_digest(path)).eval()
+    images = torch.randn(2, 3, 40, 48)
+    with torch.no_grad():
+        expected, got = reference(images), loaded(images)
+    for name, a, b in zip(expected._fields, expected, got):
+        assert torch.equal(a, b), name
+    assert got.fine_cam.shape[1] == tokens
+    classes = class_maps(loaded.config, got.fine_cam)
+    assert classes.shape[1] == (20 if slots is None else 80)
+    if slots is not None:  # COCO class 11, "stop sign", is category 13: slot 12
+        assert torch.equal(classes[:, 11], got.fine_cam[:, 12])
+
+
+def test_a_checkpoint_of_another_geometry_is_refused_naming_the_file(tmp_path):
+    path = tmp_path / "voc.pth"
+    _save_release_checkpoint(path, WeakTr(tiny_config(20)))
+    with pytest.raises(ValueError, match=r"voc\.pth.*90 class tokens.*cls_token has shape"):
+        load_weaktr_checkpoint(path, tiny_config(90, class_slots=list(COCO_CLASS_SLOTS)))
+    with pytest.raises(ValueError, match="sha256 mismatch"):
+        load_weaktr_checkpoint(path, tiny_config(20), sha256="0" * 64)
+
+
+def test_coco_classes_sit_in_the_releases_category_slots():
+    # COCO 2014's 80 category ids; the release's slot is id - 1
+    ids = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27, 28, 31, 32, 33,
+           34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53, 54, 55, 56, 57, 58, 59, 60, 61,
+           62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81, 82, 84, 85, 86, 87, 88, 89, 90]
+    assert list(COCO_CLASS_SLOTS) == [i - 1 for i in ids]
+    assert len(COCO_SLOTS) == 90 and len(COCO) == len(load_class_lists()["coco_classes"]) == 80
+    method = resolve_methods({"s": {"kind": "semples"}})["s"]
+    coco = class_tokens(method, "coco", load_class_lists()["coco_classes"])
+    assert coco == {"num_classes": 90, "class_slots": [i - 1 for i in ids]}
+    assert class_tokens(method, "voc", VOC) == {"num_classes": 20, "class_slots": None}
+    per_class = resolve_methods({"s": {"kind": "semples", "weaktr": {"class_tokens": "per_class"}}})["s"]
+    assert class_tokens(per_class, "coco", COCO) == {"num_classes": 80, "class_slots": None}
+
+
+def test_empty_slots_are_negatives_of_the_phase1_loss():
+    config = tiny_config(5, class_slots=[0, 2, 4])
+    labels = torch.tensor([[1.0, 0.0, 1.0], [0.0, 1.0, 0.0]])
+    assert token_labels(config, labels).tolist() == [[1, 0, 0, 0, 1], [0, 0, 1, 0, 0]]
+    model = WeakTr(config)
+    output = model(torch.randn(2, 3, 32, 32))
+    loss = phase1_loss(output, token_labels(config, labels))
+    # the two empty slots count as classes that are never present: the loss is over all five tokens
+    five = torch.nn.functional.multilabel_soft_margin_loss(output.class_logits, token_labels(config, labels))
+    three = torch.nn.functional.multilabel_soft_margin_loss(class_maps(config, output.class_logits), labels)
+    assert not torch.isclose(five, three)
+    assert torch.isfinite(loss)
+    with pytest.raises(ValueError, match="class_slots"):
+        tiny_config(5, class_slots=[0, 5])

@@ -1,5 +1,8 @@
 """The DAG as Snakemake sees it: dry runs, config validation, method instances, shard counts (no job runs)."""
 
+import hashlib
+import re
+
 import pytest
 import yaml
 
@@ -36,6 +39,35 @@ def test_default_config_dry_run_lists_the_whole_dag_for_every_instance(tmp_path)
     methods = planned_methods(result)
     assert methods["crf"] == methods["evaluate_cams"] == instances
     assert methods["train_segmenter"] == with_segmenter
+
+
+def _stage_keys_planned(result, stage: str) -> set[str]:
+    """The folder keys of one SemPLeS training stage in a dry run's job outputs."""
+    return set(re.findall(rf"training/semples/{stage}/(\w+)/model\.pt", result.stdout + result.stderr))
+
+
+def test_an_imported_phase1_model_replaces_phase1_training_keyed_by_its_digest(tmp_path):
+    first, moved, other = tmp_path / "a" / "phase1.pth", tmp_path / "b" / "renamed.pth", tmp_path / "other.pth"
+    for path, content in ((first, b"weights"), (moved, b"weights"), (other, b"other weights")):
+        path.parent.mkdir(exist_ok=True)
+        path.write_bytes(content)
+
+    def plan(path, sha256=None):
+        config = write_config(tmp_path / "imported.yaml",
+                              methods={"semples": {"phase1": {"checkpoint": str(path), "sha256": sha256}}})
+        return snakemake(tmp_path, "-n", config=config)
+
+    result = plan(first, hashlib.sha256(b"weights").hexdigest())
+    jobs = planned_jobs(result)
+    assert "semples_phase1" not in jobs
+    assert jobs["semples_match"] == jobs["semples_refine"] == 1
+    assert str(first) in result.stdout, "stages a and c read the imported file"
+    keys = _stage_keys_planned(result, "match")
+    assert len(keys) == 1
+    assert _stage_keys_planned(plan(moved), "match") == keys, "a moved copy keeps its stage keys"
+    assert _stage_keys_planned(plan(other), "match") != keys, "other weights get other keys"
+    trained = _stage_keys_planned(snakemake(tmp_path, "-n"), "match")
+    assert trained and trained != keys
 
 
 def test_prompt_ranking_joins_the_dag_only_for_auto_template(tmp_path):
@@ -135,6 +167,11 @@ def test_conda_env_file_travels_with_the_rules():
         ({"methods": {"semples": {"critic": {"model": "ViT-B-32", "pretrained": "missing/ViT-B-32.pt"}}}},
          "methods.semples.critic.pretrained"),
         ({"methods": {"semples": {"prompts": {"init": "zeros"}}}}, "zeros"),
+        ({"methods": {"semples": {"phase1": {"checkpoint": "missing/WeakTr_CAM_Generation.pth"}}}},
+         "methods.semples.phase1.checkpoint: file not found"),
+        ({"methods": {"semples": {"phase1": {"checkpoint": str(REPO / "config.yaml"), "sha256": "0" * 64}}}},
+         "methods.semples.phase1.sha256"),
+        ({"methods": {"semples": {"precision": "fp16"}}}, "fp16"),
         ({"clip": {"model": "ViT-B-16", "pretrained": "missing/ViT-B-16.pt"}}, "clip.pretrained: file not found"),
         ({"segmenter": {"train": {"init_path": "missing/resnet18.pth"}}}, "segmenter.train.init_path: file not found"),
         ({"segmenter": {"train": {"init": "coco"}}}, "segmenter.train.init_path is required for init 'coco'"),
@@ -152,8 +189,6 @@ def test_bad_config_fails_naming_the_key(tmp_path, changes, message):
 
 def test_every_rule_digests_the_script_it_runs():
     # a rule's code digest must follow its own script's imports, or edits would rerun the wrong rule
-    import re
-
     for rule_file in [*(REPO / "rules").glob("*.smk"), *(REPO / "rules").glob("*/*.smk")]:
         for block in re.split(r"\n(?=rule |use rule )", rule_file.read_text()):
             script = re.search(r'script:\s*"[./]*workflow_scripts/([\w.]+)"', block)
@@ -164,8 +199,6 @@ def test_every_rule_digests_the_script_it_runs():
 
 def _declared_threads(result) -> dict[str, set[int]]:
     """Rule -> the thread counts of its jobs in a dry run (a job block without a threads line has 1)."""
-    import re
-
     threads: dict[str, set[int]] = {}
     for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout + result.stderr):
         name = re.match(r"(?:local)?rule (\w+):", block)
@@ -177,8 +210,6 @@ def _declared_threads(result) -> dict[str, set[int]]:
 
 def _torch_rules() -> dict[str, str]:
     """Rule name -> rule block, for every rule whose script runs torch (it enters compute_job)."""
-    import re
-
     rules = {}
     for rule_file in [*(REPO / "rules").glob("*.smk"), *(REPO / "rules").glob("*/*.smk")]:
         for block in re.split(r"\n(?=rule |use rule )", rule_file.read_text()):
@@ -194,8 +225,6 @@ def _torch_rules() -> dict[str, str]:
 
 
 def test_torch_rules_declare_threads_and_slurm_gives_gpu_rules_as_many_cpus(tmp_path):
-    import re
-
     result = snakemake(tmp_path, "-n", "--cores", "64", config=REPO / "config.yaml")
     threads = _declared_threads(result)
     profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]

@@ -13,4 +13,5 @@ with logged(snakemake.log[0]), compute_job(snakemake.threads, snakemake.resource
         snakemake.params.cam,
         snakemake.output[0],
         locking=snakemake.params.hdf5["locking"],
+        precision=snakemake.params.precision,
     )

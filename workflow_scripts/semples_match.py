@@ -14,4 +14,5 @@ with logged(snakemake.log[0]), compute_job(snakemake.threads, snakemake.resource
         snakemake.output[0],
         snakemake.params.checkpoint_dir,
         code=snakemake.params.code,
+        imported=snakemake.params.imported_phase1,
     )

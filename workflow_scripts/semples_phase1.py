@@ -13,4 +13,5 @@ with logged(snakemake.log[0]), compute_job(snakemake.threads, snakemake.resource
         snakemake.params.checkpoint_dir,
         code=snakemake.params.code,
         clip_checkpoint=list(snakemake.input.clip),
+        tokens=snakemake.params.tokens,
     )

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from wsss.datasets import split_ids, split_source
-from wsss.digests import params_digest
+from wsss.digests import file_digest, params_digest
 from wsss.methods import resolve_methods
 from wsss.shards import shard_names
 
@@ -140,10 +140,25 @@ def _check_clip_es(name: str, method: Mapping[str, Any]) -> None:
         raise ConfigError(f"methods.{name}.cam.attn_layers {layers} selects no block")
 
 
+def phase1_digest(name: str, method: Mapping[str, Any]) -> str | None:
+    """SHA-256 of an instance's imported phase-1 model (``phase1.checkpoint``), checked against ``phase1.sha256``."""
+    path = method["phase1"]["checkpoint"]
+    if not path:
+        return None
+    if not Path(path).is_file():
+        raise ConfigError(f"methods.{name}.phase1.checkpoint: file not found: {path}")
+    digest = file_digest(path)
+    expected = method["phase1"]["sha256"]
+    if expected and digest != expected.lower():
+        raise ConfigError(f"methods.{name}.phase1.sha256: {path} has sha256 {digest}, expected {expected}")
+    return digest
+
+
 def _check_semples(name: str, method: Mapping[str, Any], dataset_kind: str) -> None:
     """Weights a SemPLeS instance names must exist before any job starts."""
     weaktr, critic = method["weaktr"], method["critic"]
-    if weaktr["init"] == "deit":
+    # An imported phase 1 (phase1.checkpoint, checked by phase1_digest) needs no DeiT start.
+    if weaktr["init"] == "deit" and not method["phase1"]["checkpoint"]:
         path = weaktr["checkpoint"]
         if not path:
             raise ConfigError(f"methods.{name}.weaktr.checkpoint: weaktr.init 'deit' needs a local DeiT-S checkpoint "

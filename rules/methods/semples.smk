@@ -29,6 +29,7 @@ rule semples_phase1:
     params:
         method=semples_params("phase1"),
         n_classes=len(DATASET_CLASSES),
+        tokens=semples_tokens("phase1"),
         # Checkpoints sit beside the model but are not outputs, so a rerun after a kill resumes.
         checkpoint_dir=lambda wc: f"{SEMPLES_TRAINING}/phase1/{wc.key}/checkpoints",
         code=code_digest("semples_phase1.py"),
@@ -60,6 +61,7 @@ rule semples_match:
     params:
         method=semples_params("match"),
         class_names=semples_class_names("match"),
+        imported_phase1=semples_imported_phase1("match"),
         checkpoint_dir=lambda wc: f"{SEMPLES_TRAINING}/match/{wc.key}/checkpoints",
         code=code_digest("semples_match.py"),
     script:
@@ -100,7 +102,7 @@ rule semples_prompts:
 rule semples_refine:
     input:
         manifest=f"{OUT}/manifests/{PSEUDO_SPLIT}.tsv",
-        # stage c restarts from phase 1, not from stage a (spec §5.3)
+        # stage c restarts from phase 1 (trained, or imported by phase1.checkpoint), not from stage a (spec §5.3)
         phase1=lambda wc: semples_model("phase1", semples_instance("refine", wc.key)[0]),
         prompts=lambda wc: (
             f"{SEMPLES_TRAINING}/prompts/"
@@ -126,6 +128,7 @@ rule semples_refine:
     params:
         method=semples_params("refine"),
         class_names=semples_class_names("refine"),
+        imported_phase1=semples_imported_phase1("refine"),
         checkpoint_dir=lambda wc: f"{SEMPLES_TRAINING}/refine/{wc.key}/checkpoints",
         code=code_digest("semples_refine.py"),
     script:
@@ -153,6 +156,7 @@ rule semples_cams:
         runtime=res("semples_cams", "runtime", 120),
     params:
         cam=method_settings("cam"),
+        precision=method_settings("precision"),
         shard_size=config["shard_size"],
         hdf5=settings(config["hdf5"]),
         code=code_digest("semples_cams.py"),

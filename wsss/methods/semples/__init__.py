@@ -20,7 +20,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from wsss.digests import params_digest
-from wsss.methods.semples.class_names import BY_DATASET
+from wsss.methods.semples.class_names import BY_DATASET, COCO_CLASS_SLOTS, COCO_SLOTS
 
 # The released code's VOC settings (spec §2, §5, §6, §7); an instance states only what differs.
 # lr is the release's --lr argument: the optimiser runs at lr * batch_size / 512 (spec §5.4).
@@ -28,7 +28,10 @@ DEFAULTS: dict[str, Any] = {
     "kind": "semples",
     "segmenter": True,
     "seed": 504,
-    "amp": True,  # autocast + GradScaler on CUDA; CPU always trains in fp32
+    # faithful: the release's arithmetic on the device it runs on. On CUDA that is fp16 autocast with a
+    # GradScaler in training, the critic's similarities computed and clamped in fp16 (0.9999 rounds to 1),
+    # and the CAM forward under fp16 autocast; on the CPU it is fp32. fp32: fp32 everywhere.
+    "precision": "faithful",
     "num_workers": 8,  # data-loader processes of the training stages
     # The mask generator: DeiT-S geometry, initialised from a local DeiT-S ImageNet-1k checkpoint
     # (deit_small_patch16_224-cd65a155.pth), never downloaded. init critic starts from the critic CLIP's
@@ -48,8 +51,14 @@ DEFAULTS: dict[str, Any] = {
         "aaf_reduction": 8,  # COCO: 4
         "pre_norm": False,
         "norm_eps": 1.0e-6,
+        # release: the release's class tokens, one per class but 90 on COCO (one per raw category slot, the
+        # 10 empty ones included; they take part in every attention softmax), so its COCO checkpoint loads;
+        # per_class: one token per dataset class.
+        "class_tokens": "release",
     },
-    # WeakTr phase 1 on image-level labels; `checkpoint` names an existing phase-1 model instead.
+    # WeakTr phase 1 on image-level labels. `checkpoint` (a local file, checked against `sha256` when given)
+    # skips it: stages a and c start from that model instead, e.g. the release's WeakTr_CAM_Generation.pth
+    # (VOC) or WeakTr_CAM_Generation_COCO.pth; its weaktr geometry must match the file.
     "phase1": {
         "checkpoint": None,
         "sha256": None,
@@ -103,7 +112,7 @@ DEFAULTS: dict[str, Any] = {
 # Which settings each training stage reads. Its folder key digests these (minus the run-time knob
 # num_workers) and the key of the stage it starts from, so equal prefixes share one trained model, and
 # its rule gets only these as params, so changing a later stage's setting reruns nothing before it.
-_RUNTIME = ("seed", "amp", "num_workers", "augment")
+_RUNTIME = ("seed", "precision", "num_workers", "augment")
 _STAGE_SECTIONS = {
     "phase1": _RUNTIME + ("weaktr", "phase1"),
     "match": _RUNTIME + ("critic", "text", "match"),
@@ -121,13 +130,29 @@ def stage_settings(method: Mapping[str, Any], stage: str) -> dict[str, Any]:
     return {s: method[s] for s in sections}
 
 
-def stage_keys(method: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, str]:
-    """12-hex folder keys of an instance's training stages; ``data`` is what names its training images."""
+def imported_phase1(method: Mapping[str, Any]) -> str | None:
+    """The phase-1 model file an instance starts from instead of training phase 1, if it names one."""
+    return method["phase1"]["checkpoint"]
+
+
+def stage_keys(method: Mapping[str, Any], data: Mapping[str, Any], phase1_digest: str | None = None) -> dict[str, str]:
+    """12-hex folder keys of an instance's training stages; ``data`` is what names its training images.
+
+    An imported phase-1 model (``phase1.checkpoint``) is keyed by its file's SHA-256, ``phase1_digest``,
+    and the geometry it is loaded into, never by its path: a moved or renamed copy reruns nothing.
+    """
 
     def own(stage):
         return {k: v for k, v in stage_settings(method, stage).items() if k != "num_workers"}
 
-    phase1 = _key({"data": dict(data), **own("phase1")})
+    if imported_phase1(method):
+        if not phase1_digest:
+            raise ValueError("stage_keys: phase1.checkpoint is set, so its file's sha256 (phase1_digest) is needed")
+        tokens = method["weaktr"]["class_tokens"]
+        phase1 = _key({"data": dict(data), "imported": phase1_digest, "weaktr": weaktr_geometry(method),
+                       "class_tokens": tokens})
+    else:
+        phase1 = _key({"data": dict(data), **own("phase1")})
     match = _key({"from": phase1, **own("match")})
     keys = {"phase1": phase1, "match": match}
     if method["prompts"]["enabled"]:
@@ -135,6 +160,31 @@ def stage_keys(method: Mapping[str, Any], data: Mapping[str, Any]) -> dict[str, 
         # stage c restarts from phase 1 and reads the prompts
         keys["refine"] = _key({"from": keys["prompts"], "start": phase1, **own("refine")})
     return keys
+
+
+def weaktr_geometry(method: Mapping[str, Any]) -> dict[str, Any]:
+    """The mask generator's shape from the ``weaktr`` section (without where its weights come from)."""
+    return {k: v for k, v in method["weaktr"].items() if k not in ("init", "checkpoint", "sha256", "class_tokens")}
+
+
+def generator_config(method: Mapping[str, Any], dataset_kind: str, classes: Sequence[str]) -> dict[str, Any]:
+    """``WeakTrConfig`` fields of an instance's mask generator: its geometry and its class tokens."""
+    return {**weaktr_geometry(method), **class_tokens(method, dataset_kind, classes)}
+
+
+def imported_generator(method: Mapping[str, Any], dataset_kind: str, classes: Sequence[str]) -> dict[str, Any] | None:
+    """What stages a and c load an imported phase-1 model into (``generator_config``); None when phase 1 is trained."""
+    return generator_config(method, dataset_kind, classes) if imported_phase1(method) else None
+
+
+def class_tokens(method: Mapping[str, Any], dataset_kind: str, classes: Sequence[str]) -> dict[str, Any]:
+    """WeakTr's class tokens: their number and the token of each dataset class (``class_slots``, None: in order)."""
+    if method["weaktr"]["class_tokens"] == "release" and dataset_kind == "coco":
+        if len(classes) != len(COCO_CLASS_SLOTS):
+            raise ValueError(f"weaktr.class_tokens 'release' puts COCO's {len(COCO_CLASS_SLOTS)} classes in the "
+                             f"release's {len(COCO_SLOTS)} slots; this dataset has {len(classes)} classes")
+        return {"num_classes": len(COCO_SLOTS), "class_slots": list(COCO_CLASS_SLOTS)}
+    return {"num_classes": len(classes), "class_slots": None}
 
 
 def class_names(method: Mapping[str, Any], dataset_kind: str, classes: Sequence[str]) -> list[str]:

@@ -16,8 +16,8 @@ from wsss.cam_shards import put_cams
 from wsss.datasets import read_manifest, usable_rows
 from wsss.h5store import set_image_order, write_stage
 from wsss.methods.semples.data import IMAGENET_MEAN, IMAGENET_STD, load_rgb
-from wsss.methods.semples.train import load_model
-from wsss.methods.semples.weaktr import WeakTr
+from wsss.methods.semples.train import load_model, release_fp16
+from wsss.methods.semples.weaktr import WeakTr, class_maps
 from wsss.progress import progress
 from wsss.shards import shard_rows
 
@@ -42,8 +42,11 @@ def scaled(image: Image.Image, scale: float) -> Image.Image:
 
 @torch.no_grad()
 def multiscale_cams(model: WeakTr, image: Image.Image, keys: Sequence[int], scales: Sequence[float],
-                    flip: bool) -> np.ndarray:
-    """(K, H, W) maps in [0, 1] of the present classes: PAR CAMs summed over scales and flips, min-max normalised."""
+                    flip: bool, fp16: bool = False) -> np.ndarray:
+    """(K, H, W) maps in [0, 1] of the present classes: PAR CAMs summed over scales and flips, min-max normalised.
+
+    ``fp16`` runs the mask generator under CUDA fp16 autocast, as the release does; upsampling and sums are fp32.
+    """
     device = next(model.parameters()).device
     width, height = image.size
     keys = torch.as_tensor(list(keys), dtype=torch.long, device=device)
@@ -52,7 +55,8 @@ def multiscale_cams(model: WeakTr, image: Image.Image, keys: Sequence[int], scal
         batch = normalised_tensor(scaled(image, float(scale))).to(device)
         if flip:
             batch = torch.cat([batch, batch.flip(-1)])
-        fine = model(batch).fine_cam[:, keys]
+        with torch.autocast(device.type, dtype=torch.float16, enabled=fp16):
+            fine = class_maps(model.config, model(batch).fine_cam)[:, keys].float()
         full = F.interpolate(fine, size=(height, width), mode="bilinear", align_corners=False)
         total += full[0]
         if flip:
@@ -63,17 +67,18 @@ def multiscale_cams(model: WeakTr, image: Image.Image, keys: Sequence[int], scal
 
 
 def run_cams(manifest_path: str | Path, shard: str, shard_size: int, model_path: str | Path,
-             cam: Mapping[str, Any], out_path: str | Path, locking: Any = None) -> None:
+             cam: Mapping[str, Any], out_path: str | Path, locking: Any = None, precision: str = "faithful") -> None:
     """Write one shard's SemPLeS CAMs (``cam`` at image resolution) in the method contract."""
     model = load_model(model_path)
+    fp16 = release_fp16(precision, next(model.parameters()).device)
     table = shard_rows(read_manifest(manifest_path), shard, shard_size)
     table, skipped = usable_rows(table)
-    params = {"cam": dict(cam)}
+    params = {"cam": dict(cam), "precision": precision}
     with write_stage(out_path, "cams", params, inputs=[manifest_path, model_path], locking=locking,
                      skipped=skipped) as out:
         for row in progress(table.itertuples(index=False), total=len(table), desc=f"SemPLeS CAMs shard {shard}"):
             keys = np.asarray(row.labels, dtype=np.int64)
-            maps = multiscale_cams(model, load_rgb(row.image_path), keys, cam["scales"], bool(cam["flip"]))
+            maps = multiscale_cams(model, load_rgb(row.image_path), keys, cam["scales"], bool(cam["flip"]), fp16)
             put_cams(out, row.image_id, keys, {"cam": maps}, (int(row.height), int(row.width)))
         set_image_order(out, list(table["image_id"]))
     log.info("SemPLeS CAMs for shard %s: %d images", shard, len(table))

@@ -30,12 +30,15 @@ __all__ = [
 LossTerms = dict[str, float]
 
 
-def clamped_cosine(a: torch.Tensor, b: torch.Tensor, low: float = 1e-4, high: float = 0.9999) -> torch.Tensor:
-    """Row-wise cosine similarity of (P, D) features, clamped to [low, high]; at least float32."""
+def clamped_cosine(a: torch.Tensor, b: torch.Tensor, low: float = 1e-4, high: float = 0.9999,
+                   dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Row-wise cosine similarity of (P, D) features clamped to [low, high], in ``dtype`` (None: at least fp32)."""
     if a.shape != b.shape or a.ndim != 2:
         raise ValueError(f"a and b must both be (P, D), got {tuple(a.shape)} and {tuple(b.shape)}")
-    # fp16 cannot hold 0.9999 (it rounds to 1.0, and -log(1 - s) becomes inf), so compute in float32 or wider.
-    dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
+    # fp16 cannot hold 0.9999 (it rounds to 1.0, and -log(1 - s) becomes inf): float32 or wider unless the
+    # release's fp16 arithmetic is asked for (precision faithful on CUDA).
+    if dtype is None:
+        dtype = torch.promote_types(torch.promote_types(a.dtype, b.dtype), torch.float32)
     cos = (F.normalize(a.to(dtype), dim=-1) * F.normalize(b.to(dtype), dim=-1)).sum(dim=-1)
     return cos.clamp(low, high)
 
@@ -79,14 +82,22 @@ def masked_views(
     return masks * selected, (1 - masks) * selected
 
 
+def _at_least_fp32(x: torch.Tensor) -> torch.Tensor:
+    """x in float32 or wider: autocast computes logs in fp32 whatever their input."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def _mean_neg_log(s: torch.Tensor) -> torch.Tensor:
     """mean(−log s): pulls the pairs' similarities towards 1."""
-    return -torch.log(s).mean()
+    return -torch.log(_at_least_fp32(s)).mean()
 
 
 def _mean_neg_log_complement(s: torch.Tensor) -> torch.Tensor:
     """mean(−log(1 − s)): pushes the pairs' similarities towards 0."""
-    return -torch.log1p(-s).mean()
+    # 1 − s in the similarity's own dtype (fp16 rounds it, as the release's expression does), the log in fp32
+    if s.dtype == torch.float16:
+        return -torch.log(_at_least_fp32(1 - s)).mean()
+    return -torch.log1p(-_at_least_fp32(s)).mean()
 
 
 def _check_pairs(*features: torch.Tensor) -> None:
@@ -100,30 +111,36 @@ def _terms(total: torch.Tensor, **terms: torch.Tensor) -> LossTerms:
     return {**{name: float(value.detach()) for name, value in terms.items()}, "total": float(total.detach())}
 
 
-def match_loss(v_f: torch.Tensor, v_b: torch.Tensor, t: torch.Tensor, lambda1: float) -> tuple[torch.Tensor, LossTerms]:
-    """Stage a: mean(−log s(v_f, t)) + λ1 · mean(−log(1 − s(v_b, t))); t holds each pair's class text feature."""
+def match_loss(v_f: torch.Tensor, v_b: torch.Tensor, t: torch.Tensor, lambda1: float,
+               dtype: torch.dtype | None = None) -> tuple[torch.Tensor, LossTerms]:
+    """Stage a: mean(−log s(v_f, t)) + λ1 · mean(−log(1 − s(v_b, t))); t holds each pair's class text feature.
+
+    ``dtype`` is the similarities' (``clamped_cosine``), as in every loss here.
+    """
     _check_pairs(v_f)
-    fg_text = _mean_neg_log(clamped_cosine(v_f, t))
-    bg_text = _mean_neg_log_complement(clamped_cosine(v_b, t))
+    fg_text = _mean_neg_log(clamped_cosine(v_f, t, dtype=dtype))
+    bg_text = _mean_neg_log_complement(clamped_cosine(v_b, t, dtype=dtype))
     total = fg_text + lambda1 * bg_text
     return total, _terms(total, fg_text=fg_text, bg_text=bg_text)
 
 
-def prompt_loss(v_b: torch.Tensor, t: torch.Tensor, u: torch.Tensor, lambda2: float) -> tuple[torch.Tensor, LossTerms]:
+def prompt_loss(v_b: torch.Tensor, t: torch.Tensor, u: torch.Tensor, lambda2: float,
+                dtype: torch.dtype | None = None) -> tuple[torch.Tensor, LossTerms]:
     """Stage b: mean(−log s(v_b, u)) + λ2 · mean(log s(t, u)); u holds each pair's class prompt feature."""
     _check_pairs(v_b)
-    bg_prompt = _mean_neg_log(clamped_cosine(v_b, u))
+    bg_prompt = _mean_neg_log(clamped_cosine(v_b, u, dtype=dtype))
     # +log s (not −log(1 − s)), as released: minimising it pushes the prompt away from the class name.
-    text_prompt = torch.log(clamped_cosine(t, u)).mean()
+    text_prompt = -_mean_neg_log(clamped_cosine(t, u, dtype=dtype))
     total = bg_prompt + lambda2 * text_prompt
     return total, _terms(total, bg_prompt=bg_prompt, text_prompt=text_prompt)
 
 
 def refine_loss(
-    v_f: torch.Tensor, v_b: torch.Tensor, t: torch.Tensor, u: torch.Tensor, lambda1: float, lambda3: float
+    v_f: torch.Tensor, v_b: torch.Tensor, t: torch.Tensor, u: torch.Tensor, lambda1: float, lambda3: float,
+    dtype: torch.dtype | None = None,
 ) -> tuple[torch.Tensor, LossTerms]:
     """Stage c: match_loss + λ3 · mean(−log(1 − s(v_f, u))), pushing the foreground off the background prompt."""
-    matched, terms = match_loss(v_f, v_b, t, lambda1)
-    fg_prompt = _mean_neg_log_complement(clamped_cosine(v_f, u))
+    matched, terms = match_loss(v_f, v_b, t, lambda1, dtype)
+    fg_prompt = _mean_neg_log_complement(clamped_cosine(v_f, u, dtype=dtype))
     total = matched + lambda3 * fg_prompt
     return total, {**terms, "fg_prompt": float(fg_prompt.detach()), "total": float(total.detach())}

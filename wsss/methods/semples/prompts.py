@@ -1,7 +1,9 @@
 """SemPLeS learned background prompts in CLIP's text encoder (SemPLeS spec §3, §5.2).
 
 Each class k owns ``L`` prompt vectors ``P_k`` in CLIP's token-embedding space. They stand in for the
-words of ``"[SOT] a photo of p_1 … p_L . [EOT]"``; the text transformer then reads them exactly as
+words of ``"[SOT] a photo of p_1 … p_L . [EOT]"``, a row the release builds by hand: its full stop is
+the bare byte token ``.`` (id 13 in CLIP's vocabulary), not the word-final ``.</w>`` (id 269) that
+tokenising ``"a photo of ."`` would give. The text transformer then reads them exactly as
 open_clip's ``CLIP.encode_text`` reads token embeddings, so ``u_k = encode_with_prompts(P)[k]`` lives
 in the same space as CLIP's class text features ``t_k``. Stage b learns ``P`` (CLIP frozen), stage c
 uses the frozen ``u_k``. ``nearest_words`` names what a learned prompt has become by its nearest nouns
@@ -23,6 +25,7 @@ from wsss.text_features import text_features
 __all__ = [
     "PROMPT_TEXT",
     "PROMPT_INITS",
+    "full_stop_id",
     "prompt_tokens",
     "encode_with_prompts",
     "init_prompts",
@@ -31,8 +34,11 @@ __all__ = [
     "load_vocabulary",
 ]
 
-# The fixed words around the prompt vectors; the vectors go between "of" and the full stop.
-PROMPT_TEXT = "a photo of ."
+# The fixed words before the prompt vectors; the full stop after them is a token of its own (FULL_STOP).
+PROMPT_TEXT = "a photo of"
+# The release appends the bare byte token "." (without the word-end mark), which no tokenised text yields
+# after a word; this is its key in the BPE vocabulary.
+FULL_STOP = "."
 PROMPT_INITS = ("uniform", "normal")
 # Any ordinary word id marks the prompt slots: their embeddings are replaced, and it must only stay below
 # the end-of-text id, which open_clip's argmax pooling finds as the largest id.
@@ -46,22 +52,34 @@ def _content(row: torch.Tensor) -> torch.Tensor:
     return row[: int(row.argmax()) + 1]
 
 
+def full_stop_id(tokenizer: Tokenizer) -> int:
+    """The id of the bare full stop "." in the tokenizer's BPE vocabulary (13 in CLIP's)."""
+    encoder = getattr(tokenizer, "encoder", None)
+    if not isinstance(encoder, dict) or FULL_STOP not in encoder:
+        raise ValueError(f"the prompt row needs a BPE tokenizer with a vocabulary (CLIP's SimpleTokenizer); "
+                         f"{type(tokenizer).__name__} has no entry for {FULL_STOP!r}")
+    return int(encoder[FULL_STOP])
+
+
 def prompt_tokens(tokenizer: Tokenizer, prompt_len: int, context_length: int) -> tuple[torch.Tensor, slice]:
     """Token ids (context_length,) of "[SOT] a photo of X…X . [EOT]" padded with 0, and the slice of the X slots."""
     if isinstance(prompt_len, bool) or not isinstance(prompt_len, int) or prompt_len < 1:
         raise ValueError(f"prompt_len must be a positive integer, got {prompt_len!r}")
-    fixed = _content(tokenizer([PROMPT_TEXT])[0]).long()  # [SOT] a photo of . [EOT]
+    full_stop = full_stop_id(tokenizer)
+    words = _content(tokenizer([PROMPT_TEXT])[0]).long()  # [SOT] a photo of [EOT]
     placeholder = _content(tokenizer([_PLACEHOLDER_WORD])[0])[1]
-    if len(fixed) + prompt_len > context_length:
+    start, end_of_text = len(words) - 1, words[-1]
+    fixed = start + 2  # [SOT] a photo of, then the full stop and [EOT]
+    if fixed + prompt_len > context_length:
         raise ValueError(
-            f"prompt_len={prompt_len} does not fit: {PROMPT_TEXT!r} takes {len(fixed)} tokens, and "
-            f"{len(fixed)} + prompt_len > context_length {context_length}"
+            f"prompt_len={prompt_len} does not fit: {PROMPT_TEXT!r} with its full stop takes {fixed} tokens, "
+            f"and {fixed} + prompt_len > context_length {context_length}"
         )
-    start = len(fixed) - 2  # before ". [EOT]"
     tokens = torch.zeros(context_length, dtype=torch.long)
-    tokens[:start] = fixed[:start]
+    tokens[:start] = words[:start]
     tokens[start : start + prompt_len] = placeholder
-    tokens[start + prompt_len : len(fixed) + prompt_len] = fixed[start:]
+    tokens[start + prompt_len] = full_stop
+    tokens[start + prompt_len + 1] = end_of_text
     return tokens, slice(start, start + prompt_len)
 
 

@@ -1,7 +1,8 @@
 """SemPLeS training: WeakTr phase 1, then stages a (match), b (prompts) and c (refine), each resumable.
 
 Every stage is one epoch loop (``run_epochs``) around a stage-specific loss step. AdamW over the
-parameters that learn, a per-epoch cosine schedule (timm's, with optional linear warm-up), and a
+parameters that learn, a per-epoch cosine schedule (timm's, with optional linear warm-up, stepped after
+each epoch as the release does, so every epoch runs the previous epoch's rate), and a
 checkpoint after every epoch holding the trainable state, the optimiser, the loss history and the
 settings digest: a rerun after a kill resumes at the next epoch and, on CPU, ends bit-identical to an
 uninterrupted run (augmentations are seeded per sample and epoch, ``data.LabelledImages``).
@@ -27,15 +28,19 @@ from wsss.checkpoints import HISTORY_NAME, mix_seed, save_checkpoint, write_hist
 from wsss.clip.configured import load_configured_clip
 from wsss.devices import default_device
 from wsss.digests import params_digest
+from wsss.methods.semples import weaktr_geometry
 from wsss.methods.semples.data import LabelledImages, epoch_order, training_transform
 from wsss.methods.semples.losses import masked_views, match_loss, positive_pairs, prompt_loss, refine_loss, soft_masks
 from wsss.methods.semples.prompts import encode_with_prompts, init_prompts, load_vocabulary, nearest_words, prompt_tokens
 from wsss.methods.semples.weaktr import (
     WeakTr,
     WeakTrConfig,
+    class_maps,
     clip_visual_as_vit,
     load_deit,
+    load_weaktr_checkpoint,
     phase1_loss,
+    token_labels,
     trainable_parameters,
 )
 
@@ -45,6 +50,7 @@ MODEL_FORMAT = "wsss-semples-weaktr/1"
 PROMPTS_FORMAT = "wsss-semples-prompts/1"
 CHECKPOINT_NAME = "checkpoint.pt"
 LR_BATCH = 512  # the release scales every lr argument by batch_size / 512
+PRECISIONS = ("faithful", "fp32")
 # A training step: (images, labels) -> (loss, its terms for the log)
 Step = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, dict[str, float]]]
 
@@ -75,11 +81,28 @@ class Schedule:
             warmup_lr=float(section.get("warmup_lr", 0.0)),
         )
 
+    def scheduled_lr(self, t: int) -> float:
+        """timm's CosineLRScheduler value at step t (t_initial = epochs, linear warm-up, no cycles)."""
+        if t < self.warmup_epochs:
+            return self.warmup_lr + t * (self.lr - self.warmup_lr) / self.warmup_epochs
+        if t >= self.epochs:
+            return self.min_lr
+        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * t / self.epochs))
+
     def lr_at(self, epoch: int) -> float:
-        """The learning rate of a 0-based epoch (timm CosineLRScheduler, t_initial = epochs, stepped per epoch)."""
-        if epoch < self.warmup_epochs:
-            return self.warmup_lr + epoch * (self.lr - self.warmup_lr) / self.warmup_epochs
-        return self.min_lr + 0.5 * (self.lr - self.min_lr) * (1 + math.cos(math.pi * epoch / self.epochs))
+        """The learning rate the release trains a 0-based epoch at: the schedule's value one epoch behind.
+
+        The release calls ``lr_scheduler.step(epoch)`` after each epoch, so epoch 0 runs at the optimiser's
+        initial rate (the schedule's value at 0) and every later epoch e at the value of e - 1.
+        """
+        return self.scheduled_lr(max(epoch - 1, 0))
+
+
+def release_fp16(precision: str, device: torch.device) -> bool:
+    """Whether an instance runs the release's fp16 autocast arithmetic: precision faithful on CUDA."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {list(PRECISIONS)}, got {precision!r}")
+    return precision == "faithful" and device.type == "cuda"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,6 +117,8 @@ class Critic:
     tokenizer: Callable
     text: torch.Tensor  # (C, D), L2-normalised t_k
     image_size: tuple[int, int]
+    # dtype of the clamped similarities (None: fp32); fp16 is the release's arithmetic under CUDA autocast
+    similarity_dtype: torch.dtype | None = None
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image features of (ImageNet-normalised) views, resized to the critic's input size."""
@@ -104,7 +129,7 @@ class Critic:
 
 
 def load_critic(critic: Mapping[str, Any], checkpoint: Sequence[str | Path], class_names: Sequence[str],
-                template: str, device: torch.device) -> Critic:
+                template: str, device: torch.device, similarity_dtype: torch.dtype | None = None) -> Critic:
     """The critic CLIP, frozen, with the class text ``template.format(name)`` encoded once."""
     model, tokenizer, _, _ = load_configured_clip(critic, checkpoint, device)
     model.eval().requires_grad_(False)
@@ -113,17 +138,16 @@ def load_critic(critic: Mapping[str, Any], checkpoint: Sequence[str | Path], cla
         text = F.normalize(model.encode_text(tokens).float(), dim=-1)
     size = model.visual.image_size
     size = (int(size), int(size)) if isinstance(size, int) else tuple(int(s) for s in size)
-    return Critic(model, tokenizer, text, size)
+    return Critic(model, tokenizer, text, size, similarity_dtype)
 
 
 # --------------------------------------------------------------------------------------------------
 # Model files
 
 
-def weaktr_config(method: Mapping[str, Any], num_classes: int) -> WeakTrConfig:
-    """The mask generator's geometry from an instance's ``weaktr`` section."""
-    geometry = {k: v for k, v in method["weaktr"].items() if k not in ("init", "checkpoint", "sha256")}
-    return WeakTrConfig.from_dict({**geometry, "num_classes": num_classes})
+def weaktr_config(method: Mapping[str, Any], tokens: Mapping[str, Any]) -> WeakTrConfig:
+    """The mask generator from an instance's ``weaktr`` geometry and its class tokens (``semples.class_tokens``)."""
+    return WeakTrConfig.from_dict({**weaktr_geometry(method), **tokens})
 
 
 def save_model(model: WeakTr, path: str | Path, stage: str, metrics: Mapping[str, Any]) -> None:
@@ -141,6 +165,20 @@ def load_model(path: str | Path, device: torch.device | str | None = None) -> We
         raise ValueError(f"{path} is not a SemPLeS mask-generator file (expected format {MODEL_FORMAT!r})")
     model = WeakTr(WeakTrConfig.from_dict(saved["config"]))
     model.load_state_dict(saved["state_dict"])
+    return model.to(default_device(device)).eval()
+
+
+def load_phase1(path: str | Path, imported: Mapping[str, Any] | None = None,
+                device: torch.device | str | None = None) -> WeakTr:
+    """The phase-1 mask generator: a file of ``train_phase1`` or, given ``imported``, one the instance imports.
+
+    ``imported`` (``semples.imported_generator``) is the geometry an imported file (``phase1.checkpoint``,
+    the release's layout) is loaded into, strictly; its digest was checked before the job started.
+    """
+    if imported is None:
+        return load_model(path, device)
+    model = load_weaktr_checkpoint(path, WeakTrConfig.from_dict(imported))
+    log.info("phase 1: imported %s (%d class tokens)", path, model.config.num_classes)
     return model.to(default_device(device)).eval()
 
 
@@ -167,7 +205,7 @@ def run_epochs(
     checkpoint_dir: str | Path,
     settings: Mapping[str, Any],
     device: torch.device,
-    amp: bool,
+    precision: str,
     num_workers: int,
     log_every: int = 20,
 ) -> list[dict[str, float]]:
@@ -177,7 +215,7 @@ def run_epochs(
     code digest), so a rerun caused by a settings or code change starts afresh.
     """
     optimizer = torch.optim.AdamW(parameters, lr=schedule.lr, eps=1e-8, weight_decay=schedule.weight_decay)
-    use_amp = bool(amp) and device.type == "cuda"
+    use_amp = release_fp16(precision, device)  # the release trains under fp16 autocast with a GradScaler
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     checkpoint_dir = Path(checkpoint_dir)
     checkpoint_path = checkpoint_dir / CHECKPOINT_NAME
@@ -251,11 +289,15 @@ def _model_state(model: torch.nn.Module) -> Callable[[], dict[str, torch.Tensor]
 
 
 def train_phase1(manifest: str | Path, num_classes: int, method: Mapping[str, Any], out_path: str | Path,
-                 checkpoint_dir: str | Path, code: str = "", clip_checkpoint: Sequence[str | Path] = ()) -> None:
-    """WeakTr phase 1: the whole mask generator on image-level labels (three multilabel soft-margin losses)."""
+                 checkpoint_dir: str | Path, code: str = "", clip_checkpoint: Sequence[str | Path] = (),
+                 tokens: Mapping[str, Any] | None = None) -> None:
+    """WeakTr phase 1: the whole mask generator on image-level labels (three multilabel soft-margin losses).
+
+    ``tokens`` (``semples.class_tokens``) gives the class tokens; None: one per class, in order.
+    """
     device = default_device()
     torch.manual_seed(method["seed"])
-    model = WeakTr(weaktr_config(method, num_classes))
+    model = WeakTr(weaktr_config(method, tokens or {"num_classes": num_classes}))
     if method["weaktr"]["init"] == "deit":
         load_deit(model, method["weaktr"]["checkpoint"], sha256=method["weaktr"]["sha256"])
     elif method["weaktr"]["init"] == "critic":
@@ -265,11 +307,12 @@ def train_phase1(manifest: str | Path, num_classes: int, method: Mapping[str, An
     model.to(device).train()
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
-        return phase1_loss(model(images), labels), {}
+        # tokens without a class (the release's empty COCO slots) take part as never-present classes
+        return phase1_loss(model(images), token_labels(model.config, labels)), {}
 
     history = run_epochs("phase1", Schedule.from_section(method["phase1"]), _dataset(manifest, num_classes, method, True),
                          trainable_parameters(model, "phase1"), step, _model_state(model), model.load_state_dict,
-                         checkpoint_dir, {"method": method, "stage": "phase1", "code": code}, device, method["amp"],
+                         checkpoint_dir, {"method": method, "stage": "phase1", "code": code}, device, method["precision"],
                          method["num_workers"])
     save_model(model, out_path, "phase1", {"history": history})
 
@@ -280,12 +323,14 @@ def head_step(model: WeakTr, critic: Critic, mask_eps: float, lambda1: float,
 
     def step(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         images_index, class_index = positive_pairs(labels)
-        masks = soft_masks(model(images).fine_cam, images_index, class_index, tuple(images.shape[-2:]), mask_eps)
+        fine_cam = class_maps(model.config, model(images).fine_cam)
+        masks = soft_masks(fine_cam, images_index, class_index, tuple(images.shape[-2:]), mask_eps)
         foreground, background = masked_views(images, masks, images_index)
         v_f, v_b = critic.encode_images(foreground), critic.encode_images(background)
         if background_text is None:
-            return match_loss(v_f, v_b, critic.text[class_index], lambda1)
-        return refine_loss(v_f, v_b, critic.text[class_index], background_text[class_index], lambda1, lambda3)
+            return match_loss(v_f, v_b, critic.text[class_index], lambda1, critic.similarity_dtype)
+        return refine_loss(v_f, v_b, critic.text[class_index], background_text[class_index], lambda1, lambda3,
+                           critic.similarity_dtype)
 
     return step
 
@@ -297,36 +342,49 @@ def prompt_step(model: WeakTr, critic: Critic, prompts: torch.Tensor, tokens: to
     def step(images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         with torch.no_grad():
             images_index, class_index = positive_pairs(labels)
-            masks = soft_masks(model(images).fine_cam, images_index, class_index, tuple(images.shape[-2:]), mask_eps)
+            fine_cam = class_maps(model.config, model(images).fine_cam)
+            masks = soft_masks(fine_cam, images_index, class_index, tuple(images.shape[-2:]), mask_eps)
             v_b = critic.encode_images(masked_views(images, masks, images_index)[1])
         u = encode_with_prompts(critic.model, prompts, tokens, slots, normalize=True).float()
-        return prompt_loss(v_b, critic.text[class_index], u[class_index], lambda2)
+        return prompt_loss(v_b, critic.text[class_index], u[class_index], lambda2, critic.similarity_dtype)
 
     return step
 
 
 def train_match(manifest: str | Path, phase1_path: str | Path, clip_checkpoint: Sequence[str | Path],
                 class_names: Sequence[str], method: Mapping[str, Any], out_path: str | Path,
-                checkpoint_dir: str | Path, code: str = "") -> None:
-    """Stage a: the conv head and AAF learn masks whose foreground matches the class text and background does not."""
+                checkpoint_dir: str | Path, code: str = "", imported: Mapping[str, Any] | None = None) -> None:
+    """Stage a: the conv head and AAF learn masks whose foreground matches the class text and background does not.
+
+    ``imported`` is the geometry of an imported phase-1 model (``load_phase1``); None: phase 1 was trained here.
+    """
     _train_head("match", manifest, phase1_path, None, clip_checkpoint, class_names, method, out_path, checkpoint_dir,
-                code)
+                code, imported)
 
 
 def train_refine(manifest: str | Path, phase1_path: str | Path, prompts_path: str | Path,
                  clip_checkpoint: Sequence[str | Path], class_names: Sequence[str], method: Mapping[str, Any],
-                 out_path: str | Path, checkpoint_dir: str | Path, code: str = "") -> None:
+                 out_path: str | Path, checkpoint_dir: str | Path, code: str = "",
+                 imported: Mapping[str, Any] | None = None) -> None:
     """Stage c: stage a's losses plus pushing the foreground away from the class's learned background prompt."""
     _train_head("refine", manifest, phase1_path, prompts_path, clip_checkpoint, class_names, method, out_path,
-                checkpoint_dir, code)
+                checkpoint_dir, code, imported)
+
+
+def _critic(method: Mapping[str, Any], clip_checkpoint: Sequence[str | Path], class_names: Sequence[str],
+            device: torch.device) -> Critic:
+    """The instance's critic, its similarities in fp16 where the release computes them so."""
+    half = release_fp16(method["precision"], device)
+    return load_critic(method["critic"], clip_checkpoint, class_names, method["text"]["template"], device,
+                       torch.float16 if half else None)
 
 
 def _train_head(stage, manifest, phase1_path, prompts_path, clip_checkpoint, class_names, method, out_path,
-                checkpoint_dir, code) -> None:
+                checkpoint_dir, code, imported) -> None:
     device = default_device()
     section = method[stage]
-    critic = load_critic(method["critic"], clip_checkpoint, class_names, method["text"]["template"], device)
-    model = load_model(phase1_path, device)
+    critic = _critic(method, clip_checkpoint, class_names, device)
+    model = load_phase1(phase1_path, imported, device)
     model.detach_backbone = True
     model.train()
     background_text = None
@@ -336,11 +394,12 @@ def _train_head(stage, manifest, phase1_path, prompts_path, clip_checkpoint, cla
         with torch.no_grad():  # the prompts are frozen in stage c: encode them once
             background_text = encode_with_prompts(critic.model, prompts, tokens.to(device), slots,
                                                   normalize=True).float()
+    lambda3 = float(section["lambda3"]) if stage == "refine" else 0.0
     step = head_step(model, critic, float(section["mask_eps"]), float(method["match"]["lambda1"]),
-                     background_text, float(section.get("lambda3", 0.0)))
+                     background_text, lambda3)
     history = run_epochs(stage, Schedule.from_section(section), _dataset(manifest, len(class_names), method, True),
                          trainable_parameters(model, stage), step, _model_state(model), model.load_state_dict,
-                         checkpoint_dir, {"method": method, "stage": stage, "code": code}, device, method["amp"],
+                         checkpoint_dir, {"method": method, "stage": stage, "code": code}, device, method["precision"],
                          method["num_workers"])
     save_model(model, out_path, stage, {"history": history})
 
@@ -351,7 +410,7 @@ def train_prompts(manifest: str | Path, match_path: str | Path, clip_checkpoint:
     """Stage b: class-specific background prompts pulled towards the stage-a masks' backgrounds, away from the class."""
     device = default_device()
     section = method["prompts"]
-    critic = load_critic(method["critic"], clip_checkpoint, class_names, method["text"]["template"], device)
+    critic = _critic(method, clip_checkpoint, class_names, device)
     model = load_model(match_path, device)
     model.requires_grad_(False)
     width = critic.model.token_embedding.weight.shape[1]
@@ -365,7 +424,7 @@ def train_prompts(manifest: str | Path, match_path: str | Path, clip_checkpoint:
                          _dataset(manifest, len(class_names), method, False), [prompts], step,
                          lambda: {"prompts": prompts.detach().cpu().clone()},
                          lambda saved: prompts.data.copy_(saved["prompts"].to(device)),
-                         checkpoint_dir, {"method": method, "stage": "prompts", "code": code}, device, method["amp"],
+                         checkpoint_dir, {"method": method, "stage": "prompts", "code": code}, device, method["precision"],
                          method["num_workers"])
     save_checkpoint({"format": PROMPTS_FORMAT, "prompts": prompts.detach().cpu().clone(),
                      "class_names": list(class_names), "metrics": {"history": history}}, out_path)

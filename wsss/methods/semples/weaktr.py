@@ -27,6 +27,7 @@ Facts taken from the authors' releases (WeakTr, SemPLeS) that the spec does not 
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import math
@@ -51,9 +52,12 @@ __all__ = [
     "split_heads_interleaved",
     "stack_head_major",
     "interpolate_patch_pos_embed",
+    "class_maps",
+    "token_labels",
     "phase1_loss",
     "deit_state_dict_for",
     "load_deit",
+    "load_weaktr_checkpoint",
     "trainable_parameters",
     "is_backbone_key",
     "STAGES",
@@ -86,6 +90,9 @@ class WeakTrConfig:
     final_norm: bool = False  # the releases skip the final LayerNorm
     pre_norm: bool = False  # a LayerNorm before the first block, as CLIP's ViTs have (ln_pre; init from CLIP)
     norm_eps: float = 1e-6  # DeiT's; CLIP's ViTs use 1e-5
+    # The class token of each dataset class when there are more tokens than classes (the release's COCO
+    # model has 90 tokens, one per raw category slot, 10 of them without a category); None: token k is class k.
+    class_slots: tuple[int, ...] | None = None
 
     def __post_init__(self) -> None:
         for key in _POSITIVE_INTS:
@@ -113,6 +120,18 @@ class WeakTrConfig:
                 raise ValueError(f"weaktr.{key}: must be true or false, got {getattr(self, key)!r}")
         if not _is_number(self.norm_eps) or not 0 < self.norm_eps < 1:
             raise ValueError(f"weaktr.norm_eps: must be a small positive number, got {self.norm_eps!r}")
+        if self.class_slots is not None:
+            slots = tuple(self.class_slots)
+            object.__setattr__(self, "class_slots", slots)  # a list from a saved config becomes a tuple
+            if any(isinstance(k, bool) or not isinstance(k, int) or not 0 <= k < self.num_classes for k in slots) \
+                    or len(set(slots)) != len(slots):
+                raise ValueError(f"weaktr.class_slots: must be distinct class-token indices below num_classes "
+                                 f"({self.num_classes}), got {list(slots)}")
+
+    @property
+    def dataset_classes(self) -> int:
+        """Number of dataset classes the tokens stand for (fewer than the tokens when class_slots is set)."""
+        return self.num_classes if self.class_slots is None else len(self.class_slots)
 
     @property
     def head_dim(self) -> int:
@@ -381,6 +400,22 @@ class WeakTr(nn.Module):
                             patch_attn)
 
 
+def class_maps(config: WeakTrConfig, per_token: Tensor) -> Tensor:
+    """(B, tokens, ...) per-class-token outputs -> (B, classes, ...) of the dataset classes (class_slots)."""
+    if config.class_slots is None:
+        return per_token
+    return per_token[:, list(config.class_slots)]
+
+
+def token_labels(config: WeakTrConfig, labels: Tensor) -> Tensor:
+    """(B, classes) multi-hot labels -> (B, tokens): tokens without a class are never positive (as released)."""
+    if config.class_slots is None:
+        return labels
+    out = labels.new_zeros((labels.shape[0], config.num_classes))
+    out[:, list(config.class_slots)] = labels
+    return out
+
+
 def phase1_loss(output: WeakTrOutput, labels: Tensor) -> Tensor:
     """WeakTr phase 1: sum of multi-label soft-margin losses on class, coarse and fine logits."""
     labels = labels.to(output.class_logits.dtype)
@@ -474,6 +509,36 @@ def load_deit(model: WeakTr, path_or_state_dict: str | os.PathLike | Mapping[str
         raise RuntimeError(f"{source}: backbone keys not loaded: missing {result.missing_keys}, "
                            f"unexpected {result.unexpected_keys}")
     return list(result.missing_keys)
+
+
+def load_weaktr_checkpoint(path: str | os.PathLike, config: WeakTrConfig, sha256: str | None = None) -> WeakTr:
+    """A trained WeakTr as the release saves it (``{"model": state_dict, ...}`` or a bare state dict), strictly.
+
+    The release's parameter names are this module's, so every key must match in name and shape; its
+    training state beside ``model`` (optimiser, scheduler, argparse namespace) is not read.
+    """
+    source = os.fspath(path)
+    if sha256:
+        check_sha256(source, sha256)
+    # The release's checkpoints also pickle their argparse.Namespace; allow that plain class, nothing else.
+    with torch.serialization.safe_globals([argparse.Namespace]):
+        saved = torch.load(source, map_location="cpu", weights_only=True)
+    if not isinstance(saved, Mapping):
+        raise ValueError(f"{source}: expected a WeakTr state dict or {{'model': state_dict}}, "
+                         f"got {type(saved).__name__}")
+    state = _unwrap(saved)
+    model = WeakTr(config)
+    expected = model.state_dict()
+    problems = [f"{key} missing" for key in expected if key not in state]
+    problems += [f"unexpected {key}" for key in state if key not in expected]
+    problems += [f"{key} has shape {tuple(state[key].shape)}, expected {tuple(value.shape)}"
+                 for key, value in expected.items() if key in state and state[key].shape != value.shape]
+    if problems:
+        shown = "; ".join(problems[:6]) + (f"; and {len(problems) - 6} more" if len(problems) > 6 else "")
+        raise ValueError(f"{source}: not a WeakTr checkpoint for this geometry ({config.num_classes} class "
+                         f"tokens, width {config.width}, depth {config.depth}): {shown}")
+    model.load_state_dict(state, strict=True)
+    return model
 
 
 def clip_visual_as_vit(state: Mapping[str, Tensor], prefix: str = "visual.") -> dict[str, Tensor]:
