@@ -16,6 +16,7 @@ os.environ.update(
 
 from wsss import workflow_support as support
 from wsss.classes import dataset_classes
+from wsss.cpu_features import native_bf16
 from wsss.methods import instances_of
 from wsss.methods.semples import (
     class_names,
@@ -43,6 +44,9 @@ OUT = f"{config['output_root']}/{config['run']}"
 DATASET = support.dataset_settings(config, OUT)
 DATASET_CLASSES = dataset_classes(DATASET)
 METHODS = support.check_methods(config["methods"], config["dataset"]["kind"])
+if workflow.is_main_process:  # once, before any job (jobs parse the workflow again)
+    for warning in support.precision_warnings(METHODS, native_bf16()):
+        print(f"WARNING: {warning}", file=sys.stderr)
 PSEUDO_SPLIT = config["splits"]["pseudo"]
 EVAL_SPLIT = config["splits"]["segmenter_eval"]
 CAM_EVAL_SPLITS = config["splits"]["cam_eval"]

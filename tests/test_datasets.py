@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,7 +107,7 @@ def test_unlabeled_images_skip_or_fail(voc, tmp_path, caplog):
     table = build_manifest(voc, "train", VOC_CLASSES, on_unlabeled="skip")
     assert list(table["skip_reason"]) == ["", "no labels", ""]
     assert "skipping 1 images without labels" in caplog.text
-    with pytest.raises(DatasetError, match="1 images without labels.*2007_000039"):
+    with pytest.raises(DatasetError, match=r"train.txt:2: image '2007_000039' has no labels.*1 images without"):
         build_manifest(voc, "train", VOC_CLASSES, on_unlabeled="fail")
 
 
@@ -195,8 +196,43 @@ def test_custom_errors(tmp_path):
     with pytest.raises(DatasetError, match="duplicate image id 'cat1'"):
         build_manifest(dataset, "train", ["cat", "dog"])
     dataset = _custom(tmp_path, ["cat1.jpg,cat", "dog2.png,"])
-    with pytest.raises(DatasetError, match="without labels.*dog2"):
+    with pytest.raises(DatasetError, match=r"train.csv:3: image 'dog2' has no labels.*without labels.*dog2"):
         build_manifest(dataset, "train", ["cat", "dog"], on_unlabeled="fail")
     (tmp_path / "train.csv").write_text("file,classes\ncat1.jpg,cat\n")
     with pytest.raises(DatasetError, match="columns 'image' and 'labels'"):
         build_manifest(dataset, "train", ["cat", "dog"])
+
+
+@pytest.mark.parametrize("name", ["odd.j pg", "sub dir/cat1.jpg", "odd.jpg\t"])
+def test_whitespace_in_an_image_file_name_is_refused_naming_the_line(tmp_path, name):
+    # whitespace in the id itself is refused as an invalid id; here it sits outside the stem
+    dataset = _custom(tmp_path, ["cat1.jpg,cat", f"{name},dog"])
+    images = Path(dataset["splits"]["train"]["images"])
+    (images / name).parent.mkdir(parents=True, exist_ok=True)
+    (images / name).write_bytes((images / "cat1.jpg").read_bytes())
+    with pytest.raises(DatasetError, match=r"train.csv:3: image .* contains whitespace, which list.txt cannot hold"):
+        build_manifest(dataset, "train", ["cat", "dog"])
+
+
+@pytest.mark.parametrize("name", ["../outside.jpg", "sub/../../outside.jpg", "/tmp/outside.jpg"])
+def test_image_paths_that_leave_the_images_folder_are_refused(tmp_path, name):
+    dataset = _custom(tmp_path, ["cat1.jpg,cat", f"{name},dog"])
+    _jpg(tmp_path / "outside.jpg", 10, 12)
+    with pytest.raises(DatasetError, match=r"train.csv:3: image 'outside': image path .* leaves the images folder"):
+        build_manifest(dataset, "train", ["cat", "dog"])
+
+
+def test_paths_inside_the_images_folder_and_links_there_are_accepted(tmp_path):
+    dataset = _custom(tmp_path, ["sub/../cat1.jpg,cat", "linked.jpg,dog"])
+    _jpg(tmp_path / "elsewhere.jpg", 10, 12)
+    (Path(dataset["splits"]["train"]["images"]) / "linked.jpg").symlink_to(tmp_path / "elsewhere.jpg")
+    assert list(build_manifest(dataset, "train", ["cat", "dog"])["image_id"]) == ["cat1", "linked"]
+
+
+def test_coco_file_names_are_checked_too(tmp_path):
+    dataset = _coco(tmp_path)
+    doc = json.loads(Path(dataset["splits"]["train"]["annotations"]).read_text())
+    doc["images"][0]["file_name"] = "../COCO_train2014_000000000009.jpg"
+    Path(dataset["splits"]["train"]["annotations"]).write_text(json.dumps(doc))
+    with pytest.raises(DatasetError, match=r"instances_train2014.json: image 'COCO_train2014_000000000009'.*leaves"):
+        build_manifest(dataset, "train", ["a", "b", "c", "d"])

@@ -8,11 +8,13 @@ import yaml
 from PIL import Image
 
 from tests.workflow_helpers import planned_jobs, snakemake
+from wsss.cpu_features import native_bf16
 from wsss.datasets import BAD_FILE_PREFIX, DatasetError, read_manifest, usable_rows
 from wsss.h5store import open_stage, skipped_images, write_stage
 from wsss.stages.data import write_split_manifest
 from wsss.tables import image_counts
-from wsss.workflow_support import ConfigError, count_images
+from wsss.methods import resolve_methods
+from wsss.workflow_support import ConfigError, count_images, precision_warnings
 
 CLASSES = ["cat", "dog"]
 
@@ -152,3 +154,32 @@ def test_the_manifest_rule_stops_the_run_before_any_clip_job(tmp_path):
     assert started == {"manifest"}, f"jobs other than the manifest started: {started}"
     leftovers = [p.relative_to(work) for p in (work / "results").rglob("*") if p.is_file() and "logs" not in p.parts]
     assert leftovers == [], f"files left behind: {leftovers}"
+
+
+# --- bf16 on a CPU without bf16 arithmetic -----------------------------------------------------------
+
+
+def test_native_bf16_is_read_from_the_cpu_flags():
+    assert native_bf16("processor : 0\nflags : fpu sse2 avx2 avx512f avx512_bf16\n")
+    assert native_bf16("processor : 0\nflags : fpu avx2 amx_bf16 amx_tile\n")
+    assert native_bf16("processor : 0\nFeatures : fp asimd bf16 i8mm\n")  # Arm
+    assert not native_bf16("processor : 0\nflags : fpu sse2 avx2 fma\n")  # AMD EPYC with AVX2 only
+    assert not native_bf16("")
+
+
+def test_bf16_cams_on_a_cpu_without_bf16_are_warned_about_naming_the_key():
+    methods = resolve_methods({"fast": {"kind": "clip_es", "cam": {"precision": "bf16"}},
+                               "plain": {"kind": "clip_es", "cam": {"precision": "fp32"}},
+                               "semples": {"kind": "semples"}})
+    warnings = precision_warnings(methods, native_bf16=False)  # the capability check, faked
+    assert len(warnings) == 1
+    assert warnings[0].startswith("methods.fast.cam.precision: bf16 runs emulated on this CPU")
+    assert "never faithful" in warnings[0]
+    assert precision_warnings(methods, native_bf16=True) == []
+
+
+def test_the_workflow_prints_the_bf16_warning_before_any_job_on_such_a_cpu(tmp_path):
+    # the tiny config's clip_es_logit runs bf16; whether this CPU has bf16 decides whether it is warned about
+    result = snakemake(tmp_path, "-n")
+    warned = "WARNING: methods.clip_es_logit.cam.precision: bf16 runs emulated" in result.stderr
+    assert warned == (not native_bf16())

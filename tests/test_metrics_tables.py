@@ -4,7 +4,7 @@ import pytest
 
 from wsss.metrics import confusion_matrix, scores
 from wsss.shards import shard_names, shard_rows
-from wsss.tables import summarize, write_metrics, write_per_class
+from wsss.tables import skipped_list, summarize, write_metrics, write_per_class
 
 
 def test_confusion_ignores_255_and_miou_skips_absent_classes():
@@ -97,3 +97,18 @@ def test_summary_sets_the_run_beside_the_papers_numbers_and_counts_skipped_image
     assert "| clip_es | cam_alpha1/train | – | 0.7080 | – |" in markdown  # a stage this run did not score
     assert "| split | images | used | skipped: no labels | skipped: bad files |" in markdown
     assert "| train | 3 | 1 | 1 | 1 |" in markdown
+
+
+def test_summary_names_the_skipped_images_and_where_the_rest_are(tmp_path):
+    rows = [{"method": "m", "stage": "crf", "split": "train", "metric": "miou", "value": 0.5}]
+    write_metrics(tmp_path / "a.csv", rows)
+    manifest = pd.DataFrame({"image_id": [f"img{i}" for i in range(14)],
+                             "skip_reason": ["", "no labels"] + ["bad file: truncated"] * 12})
+    named = skipped_list(manifest, "manifests/train.tsv")
+    assert named.startswith("`img1` (no labels), `img2` (bad file: truncated), ")
+    assert "`img10` (bad file: truncated), and 3 more (all of them: manifests/train.tsv, column skip_reason)" in named
+    assert "`img11`" not in named
+    assert skipped_list(manifest.iloc[:1], "manifests/val.tsv") == ""
+    summarize([tmp_path / "a.csv"], tmp_path / "s.csv", tmp_path / "s.md", skipped={"train": named, "val": ""})
+    markdown = (tmp_path / "s.md").read_text()
+    assert f"Skipped in train: {named}" in markdown and "Skipped in val" not in markdown

@@ -11,10 +11,14 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_output", "remove_stale_temporaries", "write_text_atomic", "torch_save_atomic"]
+__all__ = ["OutOfSpaceError", "atomic_output", "remove_stale_temporaries", "write_text_atomic", "torch_save_atomic"]
 
 # errno values of a write that ran out of room: disk full, quota, the process's file-size limit
 _NO_SPACE = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}
+
+
+class OutOfSpaceError(OSError):
+    """A write that ran out of room, naming the file that could not be written."""
 
 
 @contextmanager
@@ -38,9 +42,10 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     except BaseException as error:
         _remove(tmp)
         code = _no_space_errno(error)
-        if code is not None:
-            raise OSError(code, f"cannot write {final}: {os.strerror(code)} (nothing was written under that name)") \
-                from error
+        # an inner writer's error already names its own file: an outer writer passes it on unchanged
+        if code is not None and not isinstance(error, OutOfSpaceError):
+            raise OutOfSpaceError(code, f"cannot write {final}: {os.strerror(code)} (nothing was written under "
+                                  "that name)") from error
         raise
 
 

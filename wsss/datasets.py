@@ -42,6 +42,24 @@ def check_image_id(image_id: str, where: str) -> str:
     return image_id
 
 
+def check_image_path(name: str, folder: Path, where: str) -> Path:
+    """The image file ``name`` names inside ``folder``; DatasetError (with ``where``) for names the exports cannot use.
+
+    A name may not leave the folder (an absolute path, or ``..`` that climbs out of it: the dataset is the
+    folder, and a results tree must not pull in files from elsewhere; a symbolic link inside the folder is
+    the way to include one), and may hold no whitespace: deeplab-pytorch's and mmsegmentation's list files
+    separate their fields by spaces, so such a name cannot be written to ``list.txt``.
+    """
+    if any(char.isspace() for char in name):
+        raise DatasetError(f"{where}: image file name {name!r} contains whitespace, which list.txt cannot hold "
+                           "(its fields are separated by spaces): rename the file")
+    relative = Path(os.path.normpath(name))
+    if relative.is_absolute() or relative.parts[:1] == ("..",):
+        raise DatasetError(f"{where}: image path {name!r} leaves the images folder {folder}; name files inside it "
+                           "(a symbolic link there can point elsewhere)")
+    return folder / relative
+
+
 def read_id_list(path: str | os.PathLike) -> list[str]:
     """Read a split list: one id per line (extra whitespace-separated fields, e.g. COCO labels, ignored)."""
     path = Path(path)
@@ -197,7 +215,7 @@ def coco_manifest(dataset: Mapping[str, Any], split: str, classes: Sequence[str]
         if image_id not in by_stem:
             raise DatasetError(f"{json_path}: image id {image_id!r} from the split list is not in the annotations")
         info = by_stem[image_id]
-        image_path = Path(entry["images"]) / info["file_name"]
+        image_path = check_image_path(info["file_name"], Path(entry["images"]), f"{json_path}: image {image_id!r}")
         if not image_path.is_file():
             raise DatasetError(f"image not found: {image_path}")
         gt = coco_gt_path(gt_dir, image_id) if gt_dir else None
@@ -255,8 +273,8 @@ def custom_manifest(dataset: Mapping[str, Any], split: str, classes: Sequence[st
     index = {name: i for i, name in enumerate(classes)}
     rows, ids = [], []
     for line_no, record in enumerate(_read_custom_csv(csv_path), start=2):
-        image_path = image_dir / record["image"]
         image_id = check_image_id(Path(record["image"]).stem, f"{csv_path}:{line_no}")
+        image_path = check_image_path(record["image"], image_dir, f"{csv_path}:{line_no}: image {image_id!r}")
         ids.append(image_id)
         if not image_path.is_file():
             raise DatasetError(f"{csv_path}:{line_no}: image not found: {image_path}")
@@ -321,7 +339,10 @@ def build_manifest(dataset: Mapping[str, Any], split: str, classes: Sequence[str
     if unlabeled.any():
         examples = ", ".join(table.loc[unlabeled, "image_id"].head(5))
         if on_unlabeled == "fail":
-            raise DatasetError(f"split {split!r}: {int(unlabeled.sum())} images without labels (e.g. {examples}); "
+            where = id_locations(dataset, split)
+            first = table.loc[unlabeled, "image_id"].iloc[0]
+            raise DatasetError(f"{where.get(first, split_source(dataset, split))}: image {first!r} has no labels "
+                               f"(split {split!r}: {int(unlabeled.sum())} images without labels, e.g. {examples}); "
                                "set labels.on_unlabeled: skip to skip them")
         log.warning("split %s: skipping %d images without labels (e.g. %s)", split, int(unlabeled.sum()), examples)
         table.loc[unlabeled, "skip_reason"] = "no labels"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import platform
@@ -77,10 +78,13 @@ def write_stage(
 
     A job killed or failing inside the block leaves no file at ``path``: readers never see a
     half-written shard, and Snakemake sees the output as missing. ``skipped`` (image id -> reason)
-    records the shard's images the stage left out.
+    records the shard's images the stage left out. A full disk is an ordinary error naming ``path``
+    (see ``_GuardedFile``: the HDF5 library never sees the failed write). ``locking`` is kept for the
+    callers; a file written through Python needs none.
     """
-    with atomic_output(path) as tmp:
-        handle = h5py.File(tmp, "w", locking=normalise_locking(locking))
+    normalise_locking(locking)  # still validated: the same setting governs every reader
+    with atomic_output(path) as tmp, _GuardedFile(tmp) as target:
+        handle = _StageFile(target, "w")
         try:
             attrs = handle.attrs
             attrs["wsss_version"] = __version__
@@ -96,6 +100,99 @@ def write_stage(
         finally:
             # closed before the rename on success, and before the removal on failure
             handle.close()
+        target.raise_refused()
+
+
+class _StageFile(h5py.File):
+    """A stage file being written, with the guard of its bytes (``put_image`` stops early on a full disk)."""
+
+    guard: _GuardedFile | None = None
+
+    def __init__(self, target: _GuardedFile, mode: str) -> None:
+        super().__init__(target, mode)
+        self.guard = target
+
+
+class _GuardedFile(io.RawIOBase):
+    """The bytes of an HDF5 file, written through to ``path`` until the disk refuses, then kept in memory.
+
+    The HDF5 library cannot survive a failed write: out of space, it reports the error only while
+    freeing its objects (where Python ignores it) and then crashes (SIGSEGV) when the file is closed.
+    So HDF5 never sees one: a refused write, and every write after it, is kept here instead (later
+    reads see them), and ``raise_refused`` reports the disk's error once HDF5 has closed the file.
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        super().__init__()
+        self._file = open(path, "w+b", buffering=0)  # unbuffered: a refused write fails at once
+        self._position = self._size = 0
+        self._kept: list[tuple[int, bytes]] = []  # (offset, bytes) written after the disk refused
+        self.refused: OSError | None = None
+
+    def readable(self) -> bool:
+        return True
+
+    def writable(self) -> bool:
+        return True
+
+    def seekable(self) -> bool:
+        return True
+
+    def tell(self) -> int:
+        return self._position
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._position, io.SEEK_END: self._size}[whence]
+        self._position = base + offset
+        return self._position
+
+    def write(self, data) -> int:
+        data = bytes(data)
+        done = 0
+        if self.refused is None:
+            try:
+                self._file.seek(self._position)
+                while done < len(data):
+                    done += self._file.write(data[done:])
+            except OSError as error:
+                self.refused = error
+        if done < len(data):
+            self._kept.append((self._position + done, data[done:]))
+        self._position += len(data)
+        self._size = max(self._size, self._position)
+        return len(data)
+
+    def readinto(self, buffer) -> int:
+        count = max(0, min(len(buffer), self._size - self._position))
+        view = memoryview(buffer).cast("B")[:count]
+        self._file.seek(self._position)
+        got = self._file.readinto(view) or 0
+        view[got:] = bytes(count - got)  # beyond what reached the disk
+        for offset, data in self._kept:  # in writing order: later writes win
+            start, stop = max(offset, self._position), min(offset + len(data), self._position + count)
+            if start < stop:
+                view[start - self._position:stop - self._position] = data[start - offset:stop - offset]
+        self._position += count
+        return count
+
+    def truncate(self, size: int | None = None) -> int:
+        size = self._position if size is None else size
+        if self.refused is None:
+            try:
+                self._file.truncate(size)
+            except OSError as error:
+                self.refused = error
+        self._size = size
+        return size
+
+    def close(self) -> None:
+        self._file.close()
+        super().close()
+
+    def raise_refused(self) -> None:
+        """Raise the disk's error if it refused a write (``atomic_output`` then names the stage file)."""
+        if self.refused is not None:
+            raise self.refused
 
 
 def open_stage(path: str | os.PathLike, locking: Locking = None) -> h5py.File:
@@ -175,6 +272,9 @@ def put_image(
         group.create_dataset(name, data=array, compression=use_compression)
     for key, value in (attrs or {}).items():
         group.attrs[key] = value
+    guard = getattr(handle, "guard", None)
+    if guard is not None:
+        guard.raise_refused()  # stop at the next image once the disk is full, not after the whole shard
     return group
 
 

@@ -70,13 +70,18 @@ def git_state(folder: str | Path) -> dict[str, Any]:
 
 def output_files(run_dir: str | Path) -> list[Path]:
     """Every result file of a run, sorted: all files below it except logs, benchmarks, checkpoints,
-    hidden files (temporaries), the manifest itself and the report built from the finished run."""
+    hidden files (temporaries), the manifest itself, the report built from the finished run, and
+    symbolic links (the exports' ``JPEGImages`` links point at the dataset's images, which are inputs)."""
     run_dir = Path(run_dir)
     found = []
     for path in run_dir.rglob("*"):
-        parts = path.relative_to(run_dir).parts
-        if path.is_dir() or len(parts) == 1 and (path.name == MANIFEST_NAME or path.name in _REPORT_NAMES):
+        relative = path.relative_to(run_dir)
+        parts = relative.parts
+        if path.is_symlink() or path.is_dir() or len(parts) == 1 and (path.name == MANIFEST_NAME
+                                                                      or path.name in _REPORT_NAMES):
             continue
+        if any((run_dir / parent).is_symlink() for parent in relative.parents[:-1]):
+            continue  # found through a linked folder
         if any(part in _NOT_OUTPUTS or part.startswith(".") for part in parts):
             continue
         if path.name in _NOT_OUTPUT_FILES or path.suffix == ".log":
@@ -144,6 +149,11 @@ def verify(manifest_path: str | Path) -> list[str]:
     return problems
 
 
+def dangling_links(run_dir: str | Path) -> list[Path]:
+    """Symbolic links below a run folder whose target is not there (the exports' image links of a copied run)."""
+    return sorted(path for path in Path(run_dir).rglob("*") if path.is_symlink() and not path.exists())
+
+
 def main(argv: list[str] | None = None) -> int:
     """``wsss-verify results/<run>/manifest.json``: exit 0 when every file matches, 1 naming each that does not."""
     parser = argparse.ArgumentParser(prog="wsss-verify", description=main.__doc__)
@@ -160,6 +170,11 @@ def main(argv: list[str] | None = None) -> int:
         manifest = json.loads(Path(args.manifest).read_text())
         print(f"{args.manifest}: all {len(manifest['outputs'])} outputs, {len(manifest['dataset_manifests'])} "
               f"dataset manifests and {len(manifest['weights'])} weight files match")
+    dangling = dangling_links(Path(args.manifest).parent)
+    if dangling:
+        # not a failure: the links are conveniences pointing at the dataset, which a copied run leaves behind
+        print(f"note: {len(dangling)} image link(s) do not resolve here (e.g. {dangling[0]}): the exports' JPEGImages "
+              "point at the dataset's images relative to the results tree; link them again where the dataset is")
     return 1 if problems else 0
 
 

@@ -56,15 +56,26 @@ def image_counts(manifest: pd.DataFrame) -> dict[str, int]:
             "skipped: no labels": int((reasons != "").sum()) - bad, "skipped: bad files": bad}
 
 
+def skipped_list(manifest: pd.DataFrame, source: str, limit: int = 10) -> str:
+    """One line naming a split's skipped images and why (the first ``limit``, then where the rest are); '' if none."""
+    skipped = manifest[manifest["skip_reason"] != ""]
+    if skipped.empty:
+        return ""
+    named = ", ".join(f"`{i}` ({reason})" for i, reason in zip(skipped["image_id"][:limit], skipped["skip_reason"]))
+    rest = f", and {len(skipped) - limit} more" if len(skipped) > limit else ""
+    return f"{named}{rest} (all of them: {source}, column skip_reason)"
+
+
 def summarize(metric_files: Sequence[str | os.PathLike], csv_path: str | os.PathLike, md_path: str | os.PathLike,
               oracle_methods: Sequence[str] = (), split_images: Mapping[str, Mapping[str, int]] | None = None,
-              paper: Mapping[str, Mapping[str, float]] | None = None) -> pd.DataFrame:
+              paper: Mapping[str, Mapping[str, float]] | None = None,
+              skipped: Mapping[str, str] | None = None) -> pd.DataFrame:
     """Concatenate metric CSVs into summary.csv, and summary.md: mIoU with the methods side by side, then every row.
 
     Rows of ``oracle_methods`` (settings chosen on ground truth) get ``oracle`` true, and their method name
     a trailing " (oracle)" in the Markdown. ``paper`` (method -> "stage/split" -> reported mIoU) adds a table of
     this run's mIoU beside the reported one; ``split_images`` (split -> :func:`image_counts`) one of the images
-    each split had and skipped.
+    each split had and skipped, and ``skipped`` (split -> :func:`skipped_list`) which images those were.
     """
     frames = [pd.read_csv(p) for p in metric_files]
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=METRIC_COLUMNS)
@@ -86,6 +97,9 @@ def summarize(metric_files: Sequence[str | os.PathLike], csv_path: str | os.Path
         text += ("\nImages per split:\n\n| split | " + " | ".join(columns) + " |\n|---|" + "---|" * len(columns) + "\n"
                  + "".join(f"| {split} | " + " | ".join(str(counts[c]) for c in columns) + " |\n"
                            for split, counts in split_images.items()))
+    for split, named in (skipped or {}).items():
+        if named:
+            text += f"\nSkipped in {split}: {named}\n"
     write_text_atomic(md_path, text)
     return table
 

@@ -100,6 +100,17 @@ def check_methods(instances: Mapping[str, Any], dataset_kind: str = "demo") -> d
     return methods
 
 
+def precision_warnings(methods: Mapping[str, Any], native_bf16: bool) -> list[str]:
+    """Precision settings that this machine's CPU would run emulated, each naming its key (empty: none)."""
+    if native_bf16:
+        return []
+    return [f"methods.{name}.cam.precision: bf16 runs emulated on this CPU (no avx512_bf16, amx_bf16 or Arm bf16): "
+            "about ten times slower than fp32 in the CAM step, and never faithful; use fp32 or faithful on this CPU "
+            "(bf16 is fast on CUDA and on CPUs with native bf16)"
+            for name, method in sorted(methods.items())
+            if method["kind"] == "clip_es" and method["cam"]["precision"] == "bf16"]
+
+
 def check_weights(config: Mapping[str, Any], trains_segmenter: bool) -> None:
     """Weight files the config names must exist before any job starts (the SemPLeS ones: check_methods).
 

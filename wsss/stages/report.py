@@ -12,7 +12,7 @@ import pandas as pd
 from wsss.atomic import atomic_output
 from wsss.datasets import read_manifest
 from wsss.rule_times import rule_times
-from wsss.tables import image_counts, summarize
+from wsss.tables import image_counts, skipped_list, summarize
 
 log = logging.getLogger(__name__)
 
@@ -24,10 +24,14 @@ def write_summary(metric_files: Sequence[str | os.PathLike], manifest_files: Seq
     """Join the metric tables into summary.csv and summary.md (one row per method, stage and split).
 
     summary.md also compares with the ``paper``'s reported mIoU (method -> "stage/split" -> value), and
-    ends with the images of each split and how many were skipped, and why.
+    ends with the images of each split, how many were skipped and why, and which.
     """
-    counts = {Path(path).stem: image_counts(read_manifest(path)) for path in manifest_files}
-    table = summarize(metric_files, csv_path, md_path, oracle_methods, split_images=counts, paper=paper)
+    manifests = {Path(path).stem: (Path(path), read_manifest(path)) for path in manifest_files}
+    counts = {split: image_counts(table) for split, (_, table) in manifests.items()}
+    # named by the manifest's path below the run folder, which holds both
+    skipped = {split: skipped_list(table, f"{path.parent.name}/{path.name}") for split, (path, table) in manifests.items()}
+    table = summarize(metric_files, csv_path, md_path, oracle_methods, split_images=counts, paper=paper,
+                      skipped=skipped)
     log.info("summary of %d tables: %d methods, %d rows", len(metric_files), table["method"].nunique(), len(table))
     return table
 

@@ -16,6 +16,7 @@ from wsss.clip.configured import load_configured_clip
 from wsss.clip.factory import model_dtype, patch_size
 from wsss.clip.transform import preprocess_file
 from wsss.datasets import read_manifest, usable_rows
+from wsss.cpu_features import native_bf16
 from wsss.devices import default_device
 from wsss.gradcam import autocast_precision, softmax_gradcam, softmax_gradcam_batch
 from wsss.h5store import open_stage, put_image, set_image_order, write_stage
@@ -59,6 +60,9 @@ def run_gradcam(
     runs images of one size together (softmax_gradcam_batch, the fast arithmetic on fp32 weights).
     """
     device = default_device()
+    if cam["precision"] == "bf16" and device.type == "cpu" and not native_bf16():
+        log.warning("cam.precision bf16 runs emulated on this CPU (no native bf16): far slower than fp32, and not "
+                    "faithful")
     if autocast_precision(cam["precision"]) and clip.get("precision") == "fp16":
         log.info("cam.precision %s autocasts fp32 weights: loading the CLIP in fp32", cam["precision"])
         clip = {**clip, "precision": "fp32"}
