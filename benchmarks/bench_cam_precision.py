@@ -50,17 +50,30 @@ def sharpen_attention(model, scale: float) -> None:
             block.attn.in_proj_bias[: 2 * width] *= scale
 
 
-def stages(folder: Path, manifest: Path, text: Path, n: int, precision: str, workers: int) -> tuple[Path, Path]:
-    """GradCAM -> CAA -> CRF on the n-image shard in one precision mode; (refined CAM file, CRF file)."""
-    method = clip_es.DEFAULTS
-    cam = {**method["cam"], "precision": precision}
+def gradcam_stage(folder: Path, manifest: Path, text: Path, n: int, precision: str,
+                  batch_size: int = 1) -> tuple[Path, Path]:
+    """GradCAM on the n-image shard in one precision mode and batch size; (initial CAM file, affinity file)."""
+    cam = {**clip_es.DEFAULTS["cam"], "precision": precision, "batch_size": batch_size}
     clip = {"model": MODEL, "pretrained": None, "precision": "fp32"}
-    gradcam, affinity = folder / f"gradcam_{precision}.h5", folder / f"affinity_{precision}.h5"
-    refined, crf = folder / f"cams_{precision}.h5", folder / f"crf_{precision}.h5"
+    tag = precision if batch_size == 1 else f"{precision}_b{batch_size}"
+    gradcam, affinity = folder / f"gradcam_{tag}.h5", folder / f"affinity_{tag}.h5"
     run_gradcam(manifest, "00000", n, text, clip, [], cam, gradcam, affinity)
+    return gradcam, affinity
+
+
+def refine_stages(gradcam: Path, affinity: Path, manifest: Path, n: int, workers: int) -> tuple[Path, Path]:
+    """CAA -> CRF on a GradCAM shard of gradcam_stage, files beside it; (refined CAM file, CRF file)."""
+    method = clip_es.DEFAULTS
+    tag = gradcam.stem.removeprefix("gradcam_")
+    refined, crf = gradcam.with_name(f"cams_{tag}.h5"), gradcam.with_name(f"crf_{tag}.h5")
     run_caa(gradcam, affinity, method["caa"], refined)
     run_crf(refined, manifest, "00000", n, method["pseudo_masks"]["crf"], crf, workers=workers)
     return refined, crf
+
+
+def stages(folder: Path, manifest: Path, text: Path, n: int, precision: str, workers: int) -> tuple[Path, Path]:
+    """GradCAM -> CAA -> CRF on the n-image shard in one precision mode; (refined CAM file, CRF file)."""
+    return refine_stages(*gradcam_stage(folder, manifest, text, n, precision), manifest, n, workers)
 
 
 def pearson_r(x: np.ndarray, y: np.ndarray) -> float:

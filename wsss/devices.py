@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -9,7 +11,11 @@ import torch
 
 from wsss.gpu_slots import default_lock_dir, gpu_slot
 
-__all__ = ["default_device", "compute_job"]
+__all__ = ["default_device", "compute_job", "visible_cuda_devices", "SLOT_LOG_PREFIX"]
+
+log = logging.getLogger(__name__)
+# The line every GPU rule's log gets (benchmarks/gpu_acceptance.py reads it back to check the device used).
+SLOT_LOG_PREFIX = "GPU slot:"
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -31,4 +37,15 @@ def compute_job(threads: int, gpus: int = 0) -> Iterator[str | None]:
         yield None
         return
     with gpu_slot(default_lock_dir(), count=int(gpus)) as devices:
+        # Only now may CUDA start: it reads CUDA_VISIBLE_DEVICES once, and the slot has just set it.
+        log.info("%s CUDA_VISIBLE_DEVICES=%s; torch sees %s", SLOT_LOG_PREFIX,
+                 os.environ.get("CUDA_VISIBLE_DEVICES", "unset"), visible_cuda_devices())
         yield devices
+
+
+def visible_cuda_devices() -> str:
+    """The CUDA devices this process can use, each with its name and UUID, or 'no CUDA device'."""
+    if not torch.cuda.is_available():
+        return "no CUDA device"
+    return "; ".join(f"cuda:{i} {torch.cuda.get_device_name(i)} uuid={torch.cuda.get_device_properties(i).uuid}"
+                     for i in range(torch.cuda.device_count()))
