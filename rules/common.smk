@@ -31,6 +31,10 @@ from wsss.shards import SHARD_PATTERN
 from wsss.stages.pseudo_masks import crf_config
 from wsss.source_digest import source_digest
 
+# Used as a module with `config:`, Snakemake skips the configfile directive: the caller's keys are
+# merged over the embedded defaults here, as --configfile merges them (docs/reuse.md).
+if workflow.modifier.is_module and workflow.modifier.skip_configfile:
+    config = support.with_defaults(config, WORKFLOW_ROOT / "config.yaml")
 # A config on the command line that states `methods:` replaces the default instances instead of
 # merging with them, so a preset never inherits the demo's ablations.
 if "methods" in workflow.config_settings.overwrite_config:

@@ -162,3 +162,14 @@ def test_dev_lock_is_outside_runtime_closure(dev_pins, runtime_closure):
     runtime_in_dev = sorted(dev_pins.keys() & runtime_closure)
     message = f"{DEV_LOCK.name} pins runtime dependencies (move them to {RUNTIME_LOCK.name}): {runtime_in_dev}"
     assert not runtime_in_dev, message
+
+
+def test_licence_and_citation_name_this_software_and_the_method_papers():
+    import wsss
+
+    assert (ROOT / "LICENSE").read_text().startswith("MIT License")
+    citation = yaml.safe_load((ROOT / "CITATION.cff").read_text())
+    assert citation["cff-version"] == "1.2.0" and citation["license"] == "MIT"
+    assert citation["version"] == wsss.__version__, "CITATION.cff follows the package version"
+    papers = {ident["value"] for ref in citation["references"] for ident in ref["identifiers"]}
+    assert papers == {"arXiv:2212.09506", "arXiv:2401.11791", "arXiv:2503.20826"}  # CLIP-ES, SemPLeS, ExCEL

@@ -263,3 +263,37 @@ def test_resources_threads_in_the_config_set_a_rules_threads(tmp_path):
     config = write_config(tmp_path / "threads.yaml", resources={"clip_es_gradcam": {"threads": 3}})
     threads = _declared_threads(snakemake(tmp_path, "-n", "--cores", "64", config=config))
     assert threads["clip_es_gradcam"] == {3}
+
+
+def test_the_documented_module_caller_runs_with_a_partial_config(tmp_path):
+    """docs/reuse.md's caller, with only run, output_root and shard_size: the module fills in its defaults."""
+    import subprocess
+    import sys
+
+    text = (REPO / "docs" / "reuse.md").read_text()
+    caller = re.search(r"```python\n(# Snakefile of your workflow\n.*?)```", text, re.S).group(1)
+    assert '"/path/to/wsss/Snakefile"' in caller
+    folder = tmp_path / "caller"
+    folder.mkdir()
+    (folder / "Snakefile").write_text(caller.replace("/path/to/wsss/Snakefile", str(REPO / "Snakefile")))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(folder / "Snakefile"), "--directory",
+                             str(folder), "--workflow-profile", "none", "-n"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    demo = yaml.safe_load((REPO / "config.yaml").read_text())
+    jobs = planned_jobs(result)
+    # the demo world's instances and DAG, at the caller's shard size, under the caller's run folder
+    assert jobs["wsss_train_demo_clip"] == 1
+    assert jobs["wsss_crf"] == -(-demo["demo_world"]["n_train"] // 250) * len(demo["methods"])
+    assert "wsss_results/from_caller/manifest.json" in result.stdout
+
+
+def test_a_partial_module_config_is_merged_over_the_defaults_and_methods_replace_them():
+    from wsss.workflow_support import with_defaults
+
+    defaults = yaml.safe_load((REPO / "config.yaml").read_text())
+    merged_config = with_defaults({"run": "x", "demo_world": {"n_train": 7}}, REPO / "config.yaml")
+    assert merged_config["run"] == "x" and merged_config["demo_world"]["n_train"] == 7
+    assert merged_config["demo_world"]["n_val"] == defaults["demo_world"]["n_val"]
+    assert merged_config["methods"] == defaults["methods"]
+    only = with_defaults({"methods": {"mine": {"kind": "clip_es"}}}, REPO / "config.yaml")
+    assert only["methods"] == {"mine": {"kind": "clip_es"}}

@@ -5,13 +5,16 @@ Kept in the package (not in rules/common.smk) so they are unit-tested; nothing h
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from wsss.datasets import split_ids, split_source
 from wsss.digests import file_digest, params_digest
-from wsss.methods import resolve_methods
+from wsss.methods import merged, resolve_methods
 from wsss.shards import shard_names
 
 
@@ -48,6 +51,18 @@ def check_legacy_keys(config: Mapping[str, Any]) -> None:
     if flat:
         raise ConfigError(f"segmenter.{flat[0]}: segmenter settings now sit under segmenter.train "
                           "(training) and segmenter.predict (scales, flip, crf)")
+
+
+def with_defaults(given: Mapping[str, Any], defaults_path: str | Path) -> dict[str, Any]:
+    """A caller's config merged over the workflow's defaults (its config.yaml), as ``--configfile`` merges.
+
+    As on the command line, a ``methods:`` the caller states replaces the default instances.
+    """
+    defaults = yaml.safe_load(Path(defaults_path).read_text())
+    out = merged(defaults, given)
+    if "methods" in given:
+        out["methods"] = copy.deepcopy(dict(given["methods"]))
+    return out
 
 
 def text_key(clip: Mapping[str, Any], text: Mapping[str, Any]) -> str:
