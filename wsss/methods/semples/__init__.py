@@ -1,6 +1,6 @@
 """SemPLeS (WACV 2025) as a method kind: a WeakTr mask generator trained against a frozen CLIP critic.
 
-Steps, one module each (``../shared/docs/semples-spec.md``):
+Steps, one module each (``docs/semples.md`` describes them and where they follow the release):
 
 - ``weaktr``: the mask generator (ViT with one class token per class, adaptive attention fusion,
   conv CAM head, patch-affinity refinement) and its phase-1 classification losses;

@@ -1,6 +1,6 @@
 """WeakTr, the mask generator S of SemPLeS: a DeiT-S ViT with one class token per class.
 
-The model follows docs/semples-spec.md section 2. A ViT backbone (timm DeiT parameter names, so a DeiT-S
+The model follows the release (``docs/semples.md``). A ViT backbone (timm DeiT parameter names, so a DeiT-S
 ImageNet checkpoint loads) runs C class tokens ahead of the patch tokens. Every block hands back its
 softmax attention and its attention-branch output; adaptive attention fusion (AAF) weighs the
 ``depth * heads`` attention maps by a small network on those branch outputs and averages them. A 3x3
