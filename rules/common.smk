@@ -17,6 +17,7 @@ os.environ.update(
 from wsss import workflow_support as support
 from wsss.classes import dataset_classes
 from wsss.cpu_features import native_bf16
+from wsss.digests import file_digest
 from wsss.methods import instances_of
 from wsss.methods.semples import (
     class_names,
@@ -30,6 +31,7 @@ from wsss.methods.semples import (
 from wsss.shards import SHARD_PATTERN
 from wsss.stages.pseudo_masks import crf_config
 from wsss.source_digest import source_digest
+from wsss.tables import STAGE_TITLES
 
 # Used as a module with `config:`, Snakemake skips the configfile directive: the caller's keys are
 # merged over the embedded defaults here, as --configfile merges them (docs/reuse.md).
@@ -69,6 +71,11 @@ TEXT_KEYS = {
 ORACLE_METHODS = {name for name, method in METHODS.items() if method.get("gt_select")}
 support.check_oracles(ORACLE_METHODS, METHODS, CAM_EVAL_SPLITS)
 SEGMENTER_METHODS = sorted(name for name, method in METHODS.items() if method["segmenter"])
+# The workflow's own Snakefile and rule files (the rule graph figure is redrawn when one of them changes).
+RULES_DIGEST = {
+    str(path.relative_to(WORKFLOW_ROOT)): file_digest(path)
+    for path in sorted([WORKFLOW_ROOT / "Snakefile", *(WORKFLOW_ROOT / "rules").rglob("*.smk")])
+}
 support.check_weights(config, trains_segmenter=bool(SEGMENTER_METHODS))
 
 
@@ -151,8 +158,8 @@ def method_targets(name):
     (PNG export) and their scores."""
     targets = [f"{OUT}/{name}/pseudo_masks/{PSEUDO_SPLIT}/list.txt", *method_tables(name)]
     targets += [
-        f"{OUT}/{name}/figures/{figure}.png"
-        for figure in ("per_class_iou", "samples", "confidence")
+        f"{OUT}/{name}/figures/{figure}"
+        for figure in ("samples.png", "samples.pdf", "confidence.png")
     ]
     if METHODS[name]["segmenter"]:
         targets += [f"{OUT}/{name}/segmenter/model.pt", f"{OUT}/{name}/figures/training.png"]
@@ -162,14 +169,20 @@ def method_targets(name):
 
 
 def per_class_tables(name):
-    """Stage -> per-class IoU table of one instance (what its figures plot)."""
+    """Stage -> per-class IoU table of one instance (what the per-class figures plot)."""
     tables = {}
     if CAM_EVAL_SPLITS:
-        tables["CAMs"] = f"{OUT}/{name}/tables/cams_per_class.csv"
-        tables["pseudo masks"] = f"{OUT}/{name}/tables/pseudo_masks_per_class.csv"
+        tables["cams"] = f"{OUT}/{name}/tables/cams_per_class.csv"
+        tables["pseudo_masks"] = f"{OUT}/{name}/tables/pseudo_masks_per_class.csv"
     if EVAL_SPLIT and METHODS[name]["segmenter"]:
         tables["segmenter"] = f"{OUT}/{name}/tables/segmenter_per_class.csv"
     return tables
+
+
+# The stages some instance scores per class: one side-by-side figure each.
+PER_CLASS_STAGES = [
+    stage for stage in STAGE_TITLES if any(stage in per_class_tables(name) for name in METHODS)
+]
 
 
 def segmenter_model(name):
@@ -188,8 +201,14 @@ def method_tables(name):
 
 
 def all_targets():
-    """What `snakemake` builds by default: every instance's outputs and the summary tables."""
-    targets = [f"{OUT}/tables/summary.csv", f"{OUT}/tables/summary.md"]
+    """What `snakemake` builds by default: every instance's outputs, the summary tables and the figures
+    that compare the instances."""
+    targets = [
+        f"{OUT}/tables/{table}"
+        for table in ("summary.csv", "summary.md", "summary.html", "miou_by_method.csv")
+    ]
+    targets += [f"{OUT}/figures/rule_graph.svg"]
+    targets += [f"{OUT}/figures/per_class_iou_{stage}.svg" for stage in PER_CLASS_STAGES]
     for name in sorted(METHODS):
         targets += method_targets(name)
     return targets

@@ -1,5 +1,15 @@
-# Report: every instance's metric rows joined into one summary table (one row per method, stage, split),
-# and the run's provenance manifest (package versions, commit, config, digests of weights and outputs).
+# Report: every instance's metric rows joined into one summary (one row per method, stage, split), the rule
+# graph, figures that set the instances side by side, and the run's provenance manifest (package versions,
+# commit, config, digests of weights and outputs). The report's categories, in order:
+CATEGORIES = {
+    "summary": "1. Summary",
+    "per_class": "2. IoU per class",
+    "samples": "3. Samples",
+    "confidence": "4. Pseudo-mask confidence",
+    "training": "5. Segmenter training",
+    "resources": "6. Time and memory",
+    "provenance": "7. Configuration and provenance",
+}
 
 
 rule summary:
@@ -7,11 +17,29 @@ rule summary:
         tables=[table for name in sorted(METHODS) for table in method_tables(name)],
         manifests=expand(f"{OUT}/manifests/{{split}}.tsv", split=sorted(SHARDS)),
     output:
+        html=report(
+            f"{OUT}/tables/summary.html",
+            caption="../report/summary.rst",
+            category=CATEGORIES["summary"],
+            labels={"table": "summary (every table)"},
+        ),
+        miou=report(
+            f"{OUT}/tables/miou_by_method.csv",
+            caption="../report/summary.rst",
+            category=CATEGORIES["summary"],
+            labels={"table": "mIoU by method (CSV)"},
+        ),
         csv=report(
-            f"{OUT}/tables/summary.csv", caption="../report/summary.rst", category="1. Summary"
+            f"{OUT}/tables/summary.csv",
+            caption="../report/summary.rst",
+            category=CATEGORIES["summary"],
+            labels={"table": "every metric (CSV, long format)"},
         ),
         md=report(
-            f"{OUT}/tables/summary.md", caption="../report/summary.rst", category="1. Summary"
+            f"{OUT}/tables/summary.md",
+            caption="../report/summary.rst",
+            category=CATEGORIES["summary"],
+            labels={"table": "summary (Markdown)"},
         ),
     log:
         f"{OUT}/logs/summary.log",
@@ -20,9 +48,54 @@ rule summary:
     params:
         oracle=sorted(ORACLE_METHODS),
         paper=config["report"]["paper"],
+        run=config["run"],
         code=code_digest("summary.py"),
     script:
         "../workflow_scripts/summary.py"
+
+
+rule rule_graph:
+    output:
+        report(
+            f"{OUT}/figures/rule_graph.svg",
+            caption="../report/rule_graph.rst",
+            category=CATEGORIES["summary"],
+            labels={"table": "rule graph (figure)"},
+        ),
+    log:
+        f"{OUT}/logs/rule_graph.log",
+    conda:
+        "../envs/wsss.yaml"
+    params:
+        config=settings(config),
+        rules=RULES_DIGEST,
+        code=code_digest("rule_graph.py"),
+    script:
+        "../workflow_scripts/rule_graph.py"
+
+
+rule per_class_iou:
+    input:
+        [table for name in sorted(METHODS) for table in per_class_tables(name).values()],
+    output:
+        **{
+            stage: report(
+                f"{OUT}/figures/per_class_iou_{stage}.svg",
+                caption="../report/per_class_iou.rst",
+                category=CATEGORIES["per_class"],
+                labels={"stage": STAGE_TITLES[stage]},
+            )
+            for stage in PER_CLASS_STAGES
+        },
+    log:
+        f"{OUT}/logs/per_class_iou.log",
+    conda:
+        "../envs/wsss.yaml"
+    params:
+        tables={name: per_class_tables(name) for name in sorted(METHODS)},
+        code=code_digest("per_class_iou.py"),
+    script:
+        "../workflow_scripts/per_class_iou.py"
 
 
 rule figures:
@@ -30,26 +103,20 @@ rule figures:
         manifest=f"{OUT}/manifests/{PSEUDO_SPLIT}.tsv",
         cams=lambda wc: shard_files(f"{OUT}/{wc.method}/cams/{{split}}/{{shard}}.h5", PSEUDO_SPLIT),
         crf=lambda wc: shard_files(f"{OUT}/{wc.method}/crf/{{split}}/{{shard}}.h5", PSEUDO_SPLIT),
-        per_class=lambda wc: list(per_class_tables(wc.method).values()),
         model=lambda wc: segmenter_model(wc.method),
     output:
-        per_class=report(
-            f"{OUT}/{{method}}/figures/per_class_iou.png",
-            caption="../report/per_class_iou.rst",
-            category="2. Per-class IoU",
-            subcategory="{method}",
-        ),
         samples=report(
             f"{OUT}/{{method}}/figures/samples.png",
             caption="../report/samples.rst",
-            category="3. Samples",
-            subcategory="{method}",
+            category=CATEGORIES["samples"],
+            labels={"instance": "{method}"},
         ),
+        samples_pdf=f"{OUT}/{{method}}/figures/samples.pdf",
         confidence=report(
             f"{OUT}/{{method}}/figures/confidence.png",
             caption="../report/confidence.rst",
-            category="4. Pseudo-mask confidence",
-            subcategory="{method}",
+            category=CATEGORIES["confidence"],
+            labels={"instance": "{method}"},
         ),
     log:
         f"{OUT}/{{method}}/logs/figures.log",
@@ -58,7 +125,7 @@ rule figures:
     conda:
         "../envs/wsss.yaml"
     params:
-        per_class=lambda wc: per_class_tables(wc.method),
+        classes=list(DATASET_CLASSES),
         pseudo_masks=method_settings("pseudo_masks"),
         samples=config["report"]["samples"],
         hdf5=settings(config["hdf5"]),
@@ -74,8 +141,8 @@ rule training_figure:
         report(
             f"{OUT}/{{method}}/figures/training.png",
             caption="../report/training.rst",
-            category="5. Segmenter training",
-            subcategory="{method}",
+            category=CATEGORIES["training"],
+            labels={"instance": "{method}"},
         ),
     log:
         f"{OUT}/{{method}}/logs/training_figure.log",
@@ -96,7 +163,7 @@ rule rule_times:
         report(
             f"{OUT}/tables/rule_times.csv",
             caption="../report/rule_times.rst",
-            category="6. Resources",
+            category=CATEGORIES["resources"],
         ),
     log:
         f"{OUT}/logs/rule_times.log",
@@ -118,7 +185,7 @@ rule run_manifest:
         report(
             f"{OUT}/manifest.json",
             caption="../report/manifest.rst",
-            category="7. Configuration and provenance",
+            category=CATEGORIES["provenance"],
         ),
     log:
         f"{OUT}/logs/run_manifest.log",

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_LOCK = ROOT / "requirements.lock"
 DEV_LOCK = ROOT / "requirements-dev.lock"
 CONDA_ENV = ROOT / "envs" / "wsss.yaml"
-DEV_TOOLS = ("pytest", "snakefmt", "black")
+DEV_TOOLS = ("pytest", "snakefmt", "black", "snakedeploy")
 PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([A-Za-z0-9.+!_-]+)$")
 
 

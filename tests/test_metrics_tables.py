@@ -4,7 +4,7 @@ import pytest
 
 from wsss.metrics import confusion_matrix, scores
 from wsss.shards import shard_names, shard_rows
-from wsss.tables import skipped_list, summarize, write_metrics, write_per_class
+from wsss.tables import skipped_list, stage_order, summarize, write_metrics, write_per_class
 
 
 def test_confusion_ignores_255_and_miou_skips_absent_classes():
@@ -112,3 +112,45 @@ def test_summary_names_the_skipped_images_and_where_the_rest_are(tmp_path):
     summarize([tmp_path / "a.csv"], tmp_path / "s.csv", tmp_path / "s.md", skipped={"train": named, "val": ""})
     markdown = (tmp_path / "s.md").read_text()
     assert f"Skipped in train: {named}" in markdown and "Skipped in val" not in markdown
+
+
+def test_every_table_follows_one_stage_order(tmp_path):
+    stages = ["segmenter_crf", "crf", "cam_t0.43", "segmenter", "cam_alpha1", "cam_initial_alpha1"]
+    assert sorted(stages, key=stage_order) == ["cam_initial_alpha1", "cam_alpha1", "cam_t0.43", "crf", "segmenter",
+                                               "segmenter_crf"]
+    rows = [{"method": method, "stage": stage, "split": "val" if stage.startswith("segmenter") else "train",
+             "metric": "miou", "value": 0.1 * (i + 1)}
+            for i, (method, stage) in enumerate([("semples", "segmenter"), ("semples", "crf"), ("semples", "cam_t0.43"),
+                                                 ("clip_es", "crf"), ("clip_es", "cam_alpha1"),
+                                                 ("clip_es", "cam_initial_alpha1")])]
+    write_metrics(tmp_path / "a.csv", rows)
+    table = summarize([tmp_path / "a.csv"], tmp_path / "s.csv", tmp_path / "s.md", html_path=tmp_path / "s.html",
+                      wide_csv_path=tmp_path / "wide.csv", title="Summary of run demo")
+    assert list(zip(table["method"], table["stage"])) == [
+        ("semples", "cam_t0.43"), ("semples", "crf"), ("semples", "segmenter"),
+        ("clip_es", "cam_initial_alpha1"), ("clip_es", "cam_alpha1"), ("clip_es", "crf")]
+    wide = pd.read_csv(tmp_path / "wide.csv")
+    assert list(wide.columns) == ["stage", "split", "semples", "clip_es"]
+    assert list(wide["stage"]) == ["cam_initial_alpha1", "cam_alpha1", "cam_t0.43", "crf", "segmenter"]
+    assert wide.set_index("stage").loc["crf"].tolist() == ["train", "0.2000", "0.4000"]
+    markdown = (tmp_path / "s.md").read_text()
+    assert markdown.index("| cam_initial_alpha1 | train |") < markdown.index("| cam_t0.43 | train |") \
+        < markdown.index("| crf | train |") < markdown.index("| segmenter | val |")
+
+
+def test_the_summary_page_holds_every_table_as_html(tmp_path):
+    rows = [{"method": "clip_es", "stage": "crf", "split": "train", "metric": "miou", "value": 0.7612},
+            {"method": "clip_es", "stage": "crf", "split": "train", "metric": "fwiou", "value": 0.8}]
+    write_metrics(tmp_path / "a.csv", rows)
+    counts = {"train": {"images": 3, "used": 2, "skipped: no labels": 1, "skipped: bad files": 0}}
+    summarize([tmp_path / "a.csv"], tmp_path / "s.csv", tmp_path / "s.md", split_images=counts,
+              paper={"clip_es": {"crf/train": 0.75}}, skipped={"train": "`a<b` (no labels)"},
+              html_path=tmp_path / "s.html", title="Summary of run demo")
+    page = (tmp_path / "s.html").read_text()
+    assert page.startswith("<!doctype html>") and "<script" not in page
+    assert "<h1>Summary of run demo</h1>" in page
+    for title in ("mIoU by method", "All metrics", "Against the papers (mIoU)", "Images per split"):
+        assert f"<h2>{title}</h2>" in page
+    assert "<tr><td>crf</td><td>train</td><td>0.7612</td></tr>" in page.replace("\n", "")
+    assert "<td>+0.0112</td>" in page and "<td>0.8000</td>" in page
+    assert "<p>Skipped in train: <code>a&lt;b</code> (no labels)</p>" in page, "notes are escaped, code spans kept"

@@ -2,6 +2,8 @@
 
 import hashlib
 import re
+import shutil
+from pathlib import Path
 
 import pytest
 import yaml
@@ -11,8 +13,8 @@ from tests.workflow_helpers import REPO, TINY, planned_jobs, planned_methods, sn
 ALL_RULES = {"generate_demo_world", "manifest", "train_demo_clip", "text_features", "clip_es_gradcam", "clip_es_caa",
              "semples_phase1", "semples_match", "semples_prompts", "semples_refine", "semples_cams",
              "evaluate_cams", "crf", "export_pseudo_masks", "evaluate_pseudo_masks", "train_segmenter", "predict",
-             "export_predictions", "evaluate_segmenter", "summary", "figures", "training_figure", "rule_times",
-             "run_manifest", "all"}
+             "export_predictions", "evaluate_segmenter", "summary", "per_class_iou", "rule_graph", "figures",
+             "training_figure", "rule_times", "run_manifest", "all"}
 
 
 def test_default_config_dry_run_lists_the_whole_dag_for_every_instance(tmp_path):
@@ -297,3 +299,50 @@ def test_a_partial_module_config_is_merged_over_the_defaults_and_methods_replace
     assert merged_config["methods"] == defaults["methods"]
     only = with_defaults({"methods": {"mine": {"kind": "clip_es"}}}, REPO / "config.yaml")
     assert only["methods"] == {"mine": {"kind": "clip_es"}}
+
+
+def _clone(destination: Path) -> Path:
+    """A local clone of this checkout: the files git tracks or would track (no venv, no results)."""
+    import subprocess
+
+    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=REPO,
+                            capture_output=True, check=True).stdout.decode().split("\0")
+    for name in filter(None, listed):
+        if (REPO / name).is_file():
+            (destination / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, destination / name)
+    return destination
+
+
+def test_snakedeploy_deploys_a_workflow_that_runs_its_config_template(tmp_path):
+    """`snakedeploy deploy-workflow <clone> <dir> --tag <tag>` finds workflow/Snakefile and the config/ template;
+    with the module pointed at the clone (what the local provider leaves to the user) it dry-runs the demo."""
+    import subprocess
+    import sys
+
+    clone = _clone(tmp_path / "wsss")
+    deployed = tmp_path / "deployed"
+    snakedeploy = Path(sys.executable).parent / "snakedeploy"
+    result = subprocess.run([str(snakedeploy), "deploy-workflow", str(clone), str(deployed), "--tag", "v0.1.0"],
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "No config directory found" not in result.stderr and "traditional path" not in result.stderr
+    assert (deployed / "config" / "config.yaml").read_text() == (REPO / "config" / "config.yaml").read_text()
+    assert (deployed / "LICENSE").read_text() == (REPO / "LICENSE").read_text()
+    assert (deployed / "profiles" / "slurm" / "config.yaml").is_file()
+    module = (deployed / "workflow" / "Snakefile").read_text()
+    assert 'configfile: "config/config.yaml"' in module and "use rule * from wsss" in module
+    # the local provider writes the path inside the source repository; GitHub deployments get github(...)
+    declared = '    snakefile: \n        "workflow/Snakefile"\n'
+    assert declared in module
+    (deployed / "workflow" / "Snakefile").write_text(
+        module.replace(declared, f'    snakefile: \n        "{clone / "workflow" / "Snakefile"}"\n'))
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-n", "--workflow-profile", "none"], cwd=deployed,
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-4000:]
+    jobs = planned_jobs(result)
+    demo = yaml.safe_load((REPO / "config.yaml").read_text())
+    # the whole demo DAG by default, under the template's run name
+    assert jobs["deployment"] == 1 and jobs["generate_demo_world"] == 1 and jobs["summary"] == 1
+    assert jobs["crf"] == -(-demo["demo_world"]["n_train"] // demo["shard_size"]) * len(demo["methods"])
+    assert "results/deployed/manifest.json" in result.stdout

@@ -1,5 +1,6 @@
 """One real run of the whole DAG on a tiny demo world, then what a second run, edited settings and edited code schedule."""
 
+import base64
 import contextlib
 import json
 import math
@@ -186,34 +187,38 @@ def test_caa_parameter_with_kept_affinity_schedules_no_gradcam_jobs(tiny_run, tm
     assert set().union(*methods.values()) == {"clip_es"}
 
 
-REPORT = {"summary", "figures", "rule_times", "run_manifest", "all"}  # what follows any change of results
+# what follows any change of results (the rule graph is redrawn for any change of the config)
+REPORT = {"summary", "per_class_iou", "rule_times", "run_manifest", "all"}
+CONFIG_CHANGED = REPORT | {"rule_graph"}
 
 
 def test_crf_parameter_reruns_only_crf_and_what_follows(tiny_run, tmp_path):
     jobs, _ = _scheduled(tiny_run, tmp_path, methods={"clip_es": {"pseudo_masks": {"crf": {"iters": 3}}}})
     assert set(jobs) == {"crf", "evaluate_pseudo_masks", "export_pseudo_masks", "train_segmenter", "predict",
-                         "export_predictions", "evaluate_segmenter", "training_figure"} | REPORT
+                         "export_predictions", "evaluate_segmenter", "training_figure", "figures"} | CONFIG_CHANGED
 
 
 def test_confidence_threshold_is_applied_downstream_of_the_crf(tiny_run, tmp_path):
     jobs, _ = _scheduled(tiny_run, tmp_path, methods={"clip_es": {"pseudo_masks": {"confidence_threshold": 0.9}}})
     assert set(jobs) == {"export_pseudo_masks", "evaluate_pseudo_masks", "train_segmenter", "predict",
-                         "export_predictions", "evaluate_segmenter", "training_figure"} | REPORT
+                         "export_predictions", "evaluate_segmenter", "training_figure", "figures"} | CONFIG_CHANGED
 
 
 def test_lambda3_reruns_stage_c_and_that_instance_only(tiny_run, tmp_path):
     jobs, methods = _scheduled(tiny_run, tmp_path, methods={"semples": {"refine": {"lambda3": 0.2}}})
     assert set(jobs) == {"semples_refine", "semples_cams", "crf", "evaluate_cams", "evaluate_pseudo_masks",
-                         "export_pseudo_masks"} | REPORT, "not phase 1, stage a or b, nor CLIP-ES"
+                         "export_pseudo_masks", "figures"} | CONFIG_CHANGED, "not phase 1, stage a or b, nor CLIP-ES"
     assert set().union(*methods.values()) == {"semples"}
 
 
 def test_segmenter_settings_rerun_only_their_own_rules(tiny_run, tmp_path):
     jobs, _ = _scheduled(tiny_run, tmp_path, segmenter={"train": {"lr": 0.02}})
     assert set(jobs) == {"train_segmenter", "predict", "export_predictions", "evaluate_segmenter",
-                         "training_figure"} | REPORT
+                         "training_figure", "figures"} | CONFIG_CHANGED
     jobs, _ = _scheduled(tiny_run, tmp_path, segmenter={"predict": {"flip": False}})
-    assert set(jobs) == {"predict", "export_predictions", "evaluate_segmenter"} | REPORT, "test-time options retrain"
+    # the sample strips show the single-scale prediction without flips: test-time options leave them
+    assert set(jobs) == {"predict", "export_predictions", "evaluate_segmenter"} | CONFIG_CHANGED, \
+        "test-time options retrain"
 
 
 def _workflow_copy(destination):
@@ -237,8 +242,8 @@ def _dry_run_of_copy(snakefile, workdir):
 
 
 AFTER_CAA = {"clip_es_caa", "crf", "evaluate_cams", "evaluate_pseudo_masks", "export_pseudo_masks", "train_segmenter",
-             "predict", "export_predictions", "evaluate_segmenter", "training_figure"} | REPORT
-RUN_LEVEL = {"summary": set(), "rule_times": set(), "run_manifest": set(), "all": set()}
+             "predict", "export_predictions", "evaluate_segmenter", "training_figure", "figures"} | REPORT
+RUN_LEVEL = {"summary": set(), "per_class_iou": set(), "rule_times": set(), "run_manifest": set(), "all": set()}
 
 
 @pytest.mark.parametrize(
@@ -408,28 +413,64 @@ def _rendered(chromium: str, page: Path) -> str:
     return result.stdout
 
 
-def test_report_renders_every_figure_and_every_method_instance(tiny_run, tmp_path):
+def _text(dom: str) -> str:
+    """The visible words of a DOM, tags removed and white space collapsed."""
+    return " ".join(re.sub(r"<[^>]+>", " ", dom).split())
+
+
+def test_report_shows_the_summary_as_text_and_the_instances_side_by_side(tiny_run, tmp_path):
     chromium = _chromium()
     report = tmp_path / "report.html"
     snakemake(tiny_run, "--report", str(report))
     html = report.read_text()
     results = json.loads(re.search(r"var results = (\{.*?\});\s*\n", html, re.S).group(1))
-    figures = {path: entry for path, entry in results.items() if entry["mime_type"] == "image/png"}
+    categories = json.loads(re.search(r"var categories = (\{.*?\});\s*\n", html, re.S).group(1))
     methods = sorted(yaml.safe_load(TINY.read_text())["methods"])
-    expected = {f"{RUN}/{method}/figures/{name}.png" for method in methods
-                for name in ("per_class_iou", "samples", "confidence")} | {f"{RUN}/clip_es/figures/training.png"}
-    assert set(figures) == expected
-    assert {f"{RUN}/tables/summary.csv", f"{RUN}/tables/rule_times.csv", f"{RUN}/manifest.json"} <= set(results)
+
+    # the figures of each category, by path: the instances side by side per stage, then per instance
+    def figures(category):
+        paths = [p for group in categories[category].values() for p in group]
+        return {p for p in paths if results[p]["mime_type"] in ("image/png", "image/svg+xml")}
+
+    assert sorted(categories) == ["1. Summary", "2. IoU per class", "3. Samples", "4. Pseudo-mask confidence",
+                                "5. Segmenter training", "6. Time and memory", "7. Configuration and provenance"]
+    assert figures("1. Summary") == {f"{RUN}/figures/rule_graph.svg"}
+    assert figures("2. IoU per class") == {f"{RUN}/figures/per_class_iou_{stage}.svg"
+                                           for stage in ("cams", "pseudo_masks", "segmenter")}
+    assert figures("3. Samples") == {f"{RUN}/{m}/figures/samples.png" for m in methods}
+    assert figures("4. Pseudo-mask confidence") == {f"{RUN}/{m}/figures/confidence.png" for m in methods}
+    summary = pd.read_csv(tiny_run / RUN / "tables/summary.csv")
+    trained = set(summary[summary["stage"] == "segmenter"]["method"])
+    assert trained and figures("5. Segmenter training") == {f"{RUN}/{m}/figures/training.png" for m in trained}
+    assert {f"{RUN}/tables/summary.html", f"{RUN}/tables/summary.csv"} <= {
+        p for group in categories["1. Summary"].values() for p in group}
     # every embedded figure decodes in the browser (no broken image)
-    names = sorted(figures)
+    names = sorted(p for p, entry in results.items() if entry["mime_type"] in ("image/png", "image/svg+xml"))
     page = tmp_path / "images.html"
     page.write_text(_IMAGE_CHECK.format(images="".join(
-        f'<img id="f{i}" src="{figures[name]["data_uri"]}">' for i, name in enumerate(names))))
+        f'<img id="f{i}" src="{results[name]["data_uri"]}">' for i, name in enumerate(names))))
     checked = re.search(r'<pre id="checked">([^<]*)</pre>', _rendered(chromium, page)).group(1).split()
     assert checked == [f"f{i}=ok" for i in range(len(names))], dict(zip(names, checked))
-    # the report itself renders, naming every method instance of the run
-    dom = _rendered(chromium, report)
-    text = re.sub(r"<[^>]+>", " ", dom)
+    # each per-class figure has every instance that scored the stage in its legend, named as in the summary
+    miou = summary[summary["metric"] == "miou"]
+    cams_svg = (tiny_run / RUN / "figures/per_class_iou_cams.svg").read_text()
+    for method in methods:
+        first_cam = next(s for s in miou[miou["method"] == method]["stage"] if s.startswith("cam_") and
+                         not s.startswith("cam_initial"))
+        assert f"{method}: {first_cam} (mIoU" in cams_svg
+    # the landing page shows the mIoU table as text: every instance and every mIoU of the summary
+    text = _text(_rendered(chromium, report))
+    assert "mIoU of every method instance" in text
     for method in methods:
         assert method in text, f"{method} does not appear in the rendered report"
-    assert "Summary" in text
+    for value in miou["value"]:
+        assert f"{value:.4f}" in text, f"mIoU {value:.4f} is not shown on the report's first page"
+    # the summary page inside the report (an HTML result) renders every table with the same numbers
+    encoded = results[f"{RUN}/tables/summary.html"]["data_uri"].split(",", 1)[1]
+    summary_page = tmp_path / "summary.html"
+    summary_page.write_bytes(base64.b64decode(encoded))
+    summary_text = _text(_rendered(chromium, summary_page))
+    for title in ("mIoU by method", "All metrics", "Images per split"):
+        assert title in summary_text
+    for value in summary["value"].dropna():
+        assert f"{value:.4f}" in summary_text

@@ -1,4 +1,4 @@
-"""Rule figures: one instance's per-class IoU bars, sample strips and pseudo-mask confidence histogram."""
+"""Rule figures: one instance's sample strips (PNG and PDF) and pseudo-mask confidence histogram."""
 
 from wsss.logs import logged
 from wsss.stages.figures import write_method_figures
@@ -9,7 +9,7 @@ with logged(snakemake.log[0]):
         snakemake.input.manifest,
         snakemake.input.cams,
         snakemake.input.crf,
-        snakemake.params.per_class,
+        snakemake.params.classes,
         snakemake.params.pseudo_masks,
         snakemake.input.model[0] if snakemake.input.model else None,
         snakemake.params.samples,

@@ -1,89 +1,138 @@
-"""Figures for the run report: per-class IoU, sample strips, pseudo-mask confidence, training curves.
+"""Figures for the run report: per-class IoU, sample strips, pseudo-mask confidence, training curves, rule graph.
 
-Each function takes arrays or tables and writes one PNG atomically; matplotlib runs headless (Agg).
+Each function takes arrays or tables and writes its files atomically (PNG, SVG or PDF by suffix);
+matplotlib runs headless (Agg).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import matplotlib
 
 matplotlib.use("Agg")  # headless: jobs run without a display
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.patches import FancyArrowPatch, Patch  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from wsss.atomic import atomic_output  # noqa: E402
 from wsss.palette import voc_palette  # noqa: E402
 
-__all__ = ["colour_labels", "per_class_iou_figure", "sample_strips_figure", "confidence_figure", "training_figure"]
+__all__ = ["colour_labels", "per_class_iou_figure", "sample_strips_figure", "confidence_figure", "training_figure",
+           "rule_graph_figure", "PRINT_DPI"]
+
+PRINT_DPI = 200  # raster figures at print resolution; PDF and SVG are vector
+HEAT_MAP = "jet"
+# Deterministic files: no dates, fixed element ids; SVG text stays text (searchable, selectable).
+_METADATA = {"png": {"Software": None}, "svg": {"Date": None, "Creator": None},
+             "pdf": {"CreationDate": None, "Creator": None, "Producer": None}}
+_STYLE = {"svg.fonttype": "none", "svg.hashsalt": "wsss", "pdf.fonttype": 42}
 
 
-def _save(figure: plt.Figure, path: str | os.PathLike) -> None:
-    """Write a figure as PNG atomically (fixed metadata, so equal figures give equal bytes) and close it."""
-    with atomic_output(path) as tmp:
-        figure.savefig(tmp, format="png", dpi=90, metadata={"Software": None})
+def _save(figure: plt.Figure, *paths: str | os.PathLike) -> None:
+    """Write a figure atomically in the format of each path's suffix (PNG at PRINT_DPI, SVG, PDF) and close it.
+
+    Fixed metadata, so equal figures give equal bytes.
+    """
+    with plt.rc_context(_STYLE):
+        for path in paths:
+            fmt = os.fspath(path).rsplit(".", 1)[-1].lower()
+            with atomic_output(path) as tmp:
+                figure.savefig(tmp, format=fmt, dpi=PRINT_DPI, metadata=_METADATA[fmt])
     plt.close(figure)
 
 
 def colour_labels(labels: np.ndarray) -> np.ndarray:
     """(H, W) label indices -> (H, W, 3) uint8 in the VOC palette (255, ignore, is white)."""
-    palette = np.asarray(voc_palette(), dtype=np.uint8).reshape(-1, 3).copy()
-    palette[255] = 255
+    palette = _palette()
     return palette[labels]
 
 
-def per_class_iou_figure(tables: Mapping[str, pd.DataFrame], path: str | os.PathLike, title: str) -> None:
-    """One horizontal bar chart per stage: IoU of every class (the first score column of each per-class table)."""
-    if not tables:  # a run without ground truth scores nothing; the report says so
-        figure, axis = plt.subplots(figsize=(5, 1.2))
-        axis.axis("off")
-        axis.text(0.5, 0.5, f"{title}: no split with ground truth was scored", ha="center", va="center", fontsize=9)
-        _save(figure, path)
+def _palette() -> np.ndarray:
+    """(256, 3) uint8 label colours: the VOC palette, with 255 (ignore) white."""
+    palette = np.asarray(voc_palette(), dtype=np.uint8).reshape(-1, 3).copy()
+    palette[255] = 255
+    return palette
+
+
+def _message(text: str, path: str | os.PathLike) -> None:
+    """A small figure holding one line of text (what a figure shows when there is nothing to plot)."""
+    figure, axis = plt.subplots(figsize=(5, 1.2))
+    axis.axis("off")
+    axis.text(0.5, 0.5, text, ha="center", va="center", fontsize=9)
+    _save(figure, path)
+
+
+def per_class_iou_figure(bars: Mapping[str, Sequence[float]], classes: Sequence[str], path: str | os.PathLike,
+                         title: str) -> None:
+    """Per-class IoU of one stage with one bar per series in each class's group (legend: series name and mIoU).
+
+    A NaN is a class absent from the scored split (neither in the ground truth nor predicted): it is
+    written "absent", not drawn as a zero-length bar.
+    """
+    if not bars:  # a run without ground truth scores nothing; the report says so
+        _message(f"{title}: no split with ground truth was scored", path)
         return
-    stages = list(tables)
-    classes = list(next(iter(tables.values()))["class"])
-    figure, axes = plt.subplots(1, len(stages), figsize=(3.2 * len(stages) + 1.5, 0.28 * len(classes) + 1.2),
-                                sharey=True, squeeze=False)
-    for axis, stage in zip(axes[0], stages):
-        table = tables[stage]
-        column = [c for c in table.columns if c != "class"][0]
-        values = 100 * table[column].to_numpy(dtype=float)
-        axis.barh(range(len(values)), values, color="#4c72b0")
-        axis.set_title(f"{stage}\n({column}, mIoU {np.nanmean(values):.1f})", fontsize=8)
-        axis.set_xlim(0, 100)
-        axis.set_xlabel("IoU (%)", fontsize=8)
-        axis.tick_params(labelsize=7)
-    axes[0][0].set_yticks(range(len(classes)), classes)
-    axes[0][0].invert_yaxis()
-    figure.suptitle(title, fontsize=9)
+    names = list(bars)
+    step = 0.8 / len(names)
+    figure, axis = plt.subplots(figsize=(7.5, 0.16 * len(classes) * len(names) + 0.3 * len(classes) + 1.6))
+    colours = plt.get_cmap("tab10")
+    for n, name in enumerate(names):
+        values = 100 * np.asarray(bars[name], dtype=float)
+        rows = np.arange(len(classes)) - 0.4 + step * (n + 0.5)
+        label = f"{name} (mIoU {np.nanmean(values):.1f})" if np.isfinite(values).any() else name
+        axis.barh(rows, np.nan_to_num(values), height=step * 0.9, color=colours(n % 10), label=label)
+        for row, value in zip(rows, values):
+            if np.isnan(value):
+                axis.text(1, row, "absent", va="center", ha="left", fontsize=6, color="#666666", style="italic")
+    axis.set_yticks(range(len(classes)), classes)
+    axis.set_ylim(len(classes) - 0.5, -0.5)  # first class on top
+    axis.set_xlim(0, 100)
+    axis.set_xlabel("IoU (%)", fontsize=8)
+    axis.tick_params(labelsize=7)
+    axis.grid(axis="x", color="#dddddd", linewidth=0.5)
+    axis.set_axisbelow(True)
+    axis.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.4 / (0.3 * len(classes) + 1)), ncol=2,
+                frameon=False)
+    axis.set_title(title, fontsize=9)
     figure.tight_layout()
     _save(figure, path)
 
 
-def sample_strips_figure(rows: Sequence[Mapping[str, np.ndarray]], columns: Sequence[str],
-                         path: str | os.PathLike, title: str) -> None:
-    """One row per image, one panel per column name (RGB arrays, or float maps shown as heat maps)."""
-    figure, axes = plt.subplots(len(rows), len(columns), figsize=(1.9 * len(columns), 1.9 * len(rows) + 0.4),
-                                squeeze=False)
-    for r, row in enumerate(rows):
-        for c, name in enumerate(columns):
+def sample_strips_figure(rows: Sequence[Sequence[tuple[str, np.ndarray]]], row_names: Sequence[str],
+                         legend: Mapping[str, int], paths: Sequence[str | os.PathLike], title: str) -> None:
+    """One row per image of titled panels (RGB arrays, or float maps in 0..1 drawn as heat maps), with a
+    colour bar for the heat maps and a legend of the label colours (name -> label value)."""
+    columns = max(len(row) for row in rows)
+    figure, axes = plt.subplots(len(rows), columns, figsize=(1.7 * columns + 1.2, 1.75 * len(rows) + 0.9),
+                                squeeze=False, layout="constrained")
+    for r, (row, row_name) in enumerate(zip(rows, row_names)):
+        for c in range(columns):
             axis = axes[r][c]
-            axis.axis("off")
-            if r == 0:
-                axis.set_title(name, fontsize=8)
-            panel = row.get(name)
-            if panel is None:
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if c >= len(row):
+                axis.axis("off")
                 continue
+            name, panel = row[c]
+            axis.set_title(name, fontsize=7)
             if panel.ndim == 2:
-                axis.imshow(panel, cmap="jet", vmin=0.0, vmax=1.0)
+                axis.imshow(panel, cmap=HEAT_MAP, vmin=0.0, vmax=1.0, interpolation="bilinear")
             else:
-                axis.imshow(panel)
+                axis.imshow(panel, interpolation="nearest")
+        axes[r][0].set_ylabel(row_name, fontsize=7)
+    heat = plt.cm.ScalarMappable(norm=matplotlib.colors.Normalize(0.0, 1.0), cmap=HEAT_MAP)
+    bar = figure.colorbar(heat, ax=axes, shrink=0.5, aspect=30, pad=0.01)
+    bar.set_label("class activation (scaled per map)", fontsize=7)
+    bar.ax.tick_params(labelsize=6)
+    palette = _palette() / 255.0
+    handles = [Patch(facecolor=palette[value], edgecolor="#444444", linewidth=0.4, label=name)
+               for name, value in legend.items()]
+    figure.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 8), fontsize=7, frameon=False)
     figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
-    _save(figure, path)
+    _save(figure, *paths)
 
 
 def confidence_figure(counts: np.ndarray, ignored: float, threshold: float, path: str | os.PathLike,
@@ -113,5 +162,31 @@ def training_figure(history: pd.DataFrame, path: str | os.PathLike, title: str) 
     lr_axis.set_xlabel("iteration", fontsize=8)
     lr_axis.set_ylabel("learning rate", fontsize=8)
     figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    _save(figure, path)
+
+
+_BOX_HALF_HEIGHT = 0.2  # a rule's box, in layers
+
+
+def rule_graph_figure(layout: Mapping[str, tuple[int, float]], edges: Iterable[tuple[str, str]],
+                      path: str | os.PathLike, title: str) -> None:
+    """The rule graph as boxes in layers (top: the first rules), an arrow from each producer to its consumer."""
+    layers = max(index for index, _ in layout.values()) + 1
+    widest = max(sum(1 for i, _ in layout.values() if i == index) for index in range(layers))
+    figure, axis = plt.subplots(figsize=(max(2.0 * widest, 5.0), 0.62 * layers + 0.6))
+    axis.axis("off")
+    axis.set_xlim(-widest / 2 - 0.1, widest / 2 + 0.1)
+    axis.set_ylim(-layers + 0.4, 0.6)
+    for name, (index, x) in layout.items():
+        axis.text(x, -index, name, ha="center", va="center", fontsize=7, family="sans-serif",
+                  bbox={"boxstyle": "round,pad=0.35", "facecolor": "#eef3fb", "edgecolor": "#4c72b0"})
+    for source, target in sorted(edges):
+        # from the bottom edge of the producer's box to the top edge of the consumer's
+        axis.add_patch(FancyArrowPatch(posA=(layout[source][1], -layout[source][0] - _BOX_HALF_HEIGHT),
+                                       posB=(layout[target][1], -layout[target][0] + _BOX_HALF_HEIGHT),
+                                       arrowstyle="-|>", mutation_scale=7, color="#888888", linewidth=0.7,
+                                       shrinkA=0, shrinkB=0))
+    axis.set_title(title, fontsize=9)
     figure.tight_layout()
     _save(figure, path)

@@ -1,4 +1,5 @@
-"""Report figures of one method instance: per-class IoU, sample strips, pseudo-mask confidence, training."""
+"""Report figures: every instance's per-class IoU side by side per stage; sample strips, pseudo-mask confidence and
+training curves of one instance."""
 
 from __future__ import annotations
 
@@ -20,11 +21,12 @@ from wsss.h5store import image_ids, iter_images, open_stage
 from wsss.images import decode_image
 from wsss.masks_png import read_label_png
 from wsss.stages.pseudo_masks import recipe_threshold
+from wsss.tables import STAGE_TITLES
 
 log = logging.getLogger(__name__)
 
-STRIP_COLUMNS = ("image", "ground truth", "initial CAM", "CAM", "pseudo mask", "segmenter")
 CONFIDENCE_BINS = 50
+IGNORED = "ignored"
 
 
 def sample_ids(manifest_path: str | Path, count: int) -> list[str]:
@@ -35,11 +37,17 @@ def sample_ids(manifest_path: str | Path, count: int) -> list[str]:
     return (list(table.loc[with_gt, "image_id"]) + list(table.loc[~with_gt, "image_id"]))[:count]
 
 
-def _heat(cams: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The strongest class map of a (K, h, w) stack at image size, scaled to 0..1."""
-    strongest = cv2.resize(np.asarray(cams, np.float32).max(axis=0), (width, height), interpolation=cv2.INTER_LINEAR)
-    low, high = float(strongest.min()), float(strongest.max())
-    return (strongest - low) / (high - low) if high > low else np.zeros_like(strongest)
+def scaled_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """One class's (h, w) map at image size, scaled to 0..1 (a flat map is all zeros)."""
+    resized = cv2.resize(np.asarray(cam, np.float32), (width, height), interpolation=cv2.INTER_LINEAR)
+    low, high = float(resized.min()), float(resized.max())
+    return (resized - low) / (high - low) if high > low else np.zeros_like(resized)
+
+
+def headline_column(columns: Sequence[str]) -> str:
+    """The column a stage's per-class figure shows for one instance: the first that is not an earlier map
+    (``cam_initial_*``), in the order the evaluation wrote them."""
+    return next((c for c in columns if not c.startswith("cam_initial")), columns[0])
 
 
 def _predictor(model_path: str | Path | None):
@@ -54,38 +62,63 @@ def _predictor(model_path: str | Path | None):
                                                  normalisation=normalisation), axis=0).astype(np.uint8)
 
 
+def write_per_class_figures(per_class: Mapping[str, Mapping[str, str | Path]], out: Mapping[str, str | Path]) -> None:
+    """For each stage in ``out`` (``cams``, ``pseudo_masks``, ``segmenter``), one figure of every instance's
+    per-class IoU side by side (``per_class``: instance -> stage -> per-class table)."""
+    for stage, path in out.items():
+        bars, classes, splits = {}, None, set()
+        for method, tables in per_class.items():
+            if stage not in tables:
+                continue
+            table = pd.read_csv(tables[stage])
+            column = headline_column([c for c in table.columns if c != "class"])
+            stage_name, _, split = column.rpartition("_")
+            bars[f"{method}: {stage_name}"] = table[column].to_numpy(dtype=float)
+            classes = list(table["class"]) if classes is None else classes
+            splits.add(split)
+        title = f"IoU per class: {STAGE_TITLES.get(stage, stage)} ({', '.join(sorted(splits))})"
+        per_class_iou_figure(bars, classes or [], path, title)
+        log.info("%s: %d instances", path, len(bars))
+
+
 def write_method_figures(method: str, manifest_path: str | Path, cam_files: Sequence[str | Path],
-                         crf_files: Sequence[str | Path], per_class: Mapping[str, str | Path],
+                         crf_files: Sequence[str | Path], class_names: Sequence[str],
                          pseudo_masks: Mapping[str, Any], model_path: str | Path | None, samples: int,
                          out: Mapping[str, str | Path], locking: Any = None) -> None:
-    """Write ``out["per_class"]``, ``out["samples"]`` and ``out["confidence"]`` for one method instance."""
-    tables = {stage: pd.read_csv(path) for stage, path in per_class.items()}
-    per_class_iou_figure(tables, out["per_class"], f"{method}: IoU per class")
+    """Write the sample strips (``out["samples"]`` PNG, ``out["samples_pdf"]``) and the confidence histogram
+    (``out["confidence"]``) of one method instance."""
     threshold = recipe_threshold(pseudo_masks)
     wanted = sample_ids(manifest_path, samples)
     table = read_manifest(manifest_path).set_index("image_id")
-    cams = {image_id: stored for image_id, stored in _stored(cam_files, wanted, locking)}
-    crf = {image_id: stored for image_id, stored in _stored(crf_files, wanted, locking)}
+    cams = dict(_stored(cam_files, wanted, locking))
+    crf = dict(_stored(crf_files, wanted, locking))
     predict = _predictor(model_path)
-    rows = []
+    rows, shown = [], {0}
     for image_id in wanted:
         image = decode_image(table.loc[image_id, "image_path"])
         height, width = image.shape[:2]
-        row = {"image": image}
+        row = [("image", image)]
         if table.loc[image_id, "gt_path"]:
-            row["ground truth"] = colour_labels(read_label_png(table.loc[image_id, "gt_path"]))
-        if image_id in cams:
-            row["CAM"] = _heat(cams[image_id][FINAL_MAP], height, width)
-            if "cam_initial" in cams[image_id]:
-                row["initial CAM"] = _heat(cams[image_id]["cam_initial"], height, width)
+            labels = read_label_png(table.loc[image_id, "gt_path"])
+            shown |= set(np.unique(labels).tolist())
+            row.append(("ground truth", colour_labels(labels)))
         if image_id in crf:
-            row["pseudo mask"] = colour_labels(training_labels(crf[image_id]["labels"], crf[image_id]["confidence"],
-                                                               threshold))
+            labels = training_labels(crf[image_id]["labels"], crf[image_id]["confidence"], threshold)
+            shown |= set(np.unique(labels).tolist())
+            row.append(("pseudo mask", colour_labels(labels)))
         if predict is not None:
-            row["segmenter"] = colour_labels(predict(image))
+            labels = predict(image)
+            shown |= set(np.unique(labels).tolist())
+            row.append(("segmenter", colour_labels(labels)))
+        if image_id in cams:  # one panel per labelled class: where the method finds that class
+            stored = cams[image_id]
+            for key, cam in zip(np.asarray(stored["keys"]), np.asarray(stored[FINAL_MAP])):
+                row.append((f"CAM: {class_names[int(key)]}", scaled_map(cam, height, width)))
         rows.append(row)
-    columns = [c for c in STRIP_COLUMNS if any(c in row for row in rows)]
-    sample_strips_figure(rows, columns, out["samples"], f"{method}: samples (white = ignored)")
+    names = ["background", *class_names]
+    legend = {names[value] if value < len(names) else IGNORED: int(value) for value in sorted(shown)}
+    sample_strips_figure(rows, wanted, legend, [out["samples"], out["samples_pdf"]],
+                         f"{method}: samples (white: ignored)")
     counts, ignored, total = np.zeros(CONFIDENCE_BINS), 0, 0
     for _, stored in iter_images(crf_files, locking):
         confidence = np.asarray(stored["confidence"], np.float64).ravel()
@@ -93,8 +126,7 @@ def write_method_figures(method: str, manifest_path: str | Path, cam_files: Sequ
         ignored += int(np.sum(confidence < threshold))
         total += confidence.size
     confidence_figure(counts, ignored / max(total, 1), threshold, out["confidence"], f"{method} pseudo masks")
-    log.info("figures of %s: %d per-class tables, %d samples, %d pixels of confidence", method, len(tables),
-             len(rows), total)
+    log.info("figures of %s: %d samples, %d pixels of confidence", method, len(rows), total)
 
 
 def _stored(files: Sequence[str | Path], wanted: Sequence[str], locking: Any):
