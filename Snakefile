@@ -25,8 +25,14 @@ wildcard_constraints:
 
 include: "rules/data.smk"
 include: "rules/clip.smk"
-include: "rules/methods/clip_es.smk"
-include: "rules/methods/semples.smk"
+
+
+# every registered method kind's rules (wsss/method_kinds.py)
+for kind in KINDS:
+
+    include: f"rules/methods/{kind}.smk"
+
+
 include: "rules/pseudo_masks.smk"
 include: "rules/segmenter.smk"
 include: "rules/evaluate.smk"
@@ -36,6 +42,8 @@ include: "rules/report.smk"
 localrules:
     all,
     summary,
+    per_class_iou,
+    rule_graph,
     rule_times,
     run_manifest,
 

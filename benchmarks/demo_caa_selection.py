@@ -29,7 +29,7 @@ from wsss.demo.clip import load_demo_clip
 from wsss.gradcam import softmax_gradcam
 from wsss.h5store import open_stage, provenance
 from wsss.metrics import confusion_matrix, scores
-from wsss.methods import resolve_methods
+from wsss.method_kinds import resolve_methods
 from wsss.stages.evaluate import cam_labels, read_gt
 
 

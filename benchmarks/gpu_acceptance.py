@@ -81,7 +81,8 @@ from wsss.clip.transform import image_stats
 from wsss.datasets import read_manifest
 from wsss.devices import SLOT_LOG_PREFIX
 from wsss.h5store import get_image, image_ids, open_stage
-from wsss.methods import clip_es, resolve_methods
+from wsss.method_kinds import resolve_methods
+from wsss.methods import clip_es
 from wsss.methods.semples.cams import multiscale_cams, normalised_tensor
 from wsss.methods.semples.data import load_rgb, multi_hot
 from wsss.methods.semples.prompts import encode_with_prompts, init_prompts, prompt_tokens

@@ -18,7 +18,7 @@ from wsss import workflow_support as support
 from wsss.classes import dataset_classes
 from wsss.cpu_features import native_bf16
 from wsss.digests import file_digest
-from wsss.methods import instances_of
+from wsss.method_kinds import KINDS, instances_of
 from wsss.methods.semples import (
     class_names,
     class_tokens,
@@ -79,9 +79,15 @@ RULES_DIGEST = {
 support.check_weights(config, trains_segmenter=bool(SEGMENTER_METHODS))
 
 
+# Code no job of this run executes (the demo world's, in a run on real data) is in no code digest.
+NOT_RUN = support.code_not_run(DATASET["kind"], config["clip"]["model"])
+
+
 def code_digest(script):
     """Digest of a workflow script and every wsss module it imports, so editing any of them reruns the rule."""
-    return source_digest(WORKFLOW_ROOT / "workflow_scripts" / script, WORKFLOW_ROOT / "wsss")
+    return source_digest(
+        WORKFLOW_ROOT / "workflow_scripts" / script, WORKFLOW_ROOT / "wsss", exclude=NOT_RUN
+    )
 
 
 def one_of(names):

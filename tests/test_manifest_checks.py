@@ -13,7 +13,7 @@ from wsss.datasets import BAD_FILE_PREFIX, DatasetError, read_manifest, usable_r
 from wsss.h5store import open_stage, skipped_images, write_stage
 from wsss.stages.data import write_split_manifest
 from wsss.tables import image_counts
-from wsss.methods import resolve_methods
+from wsss.method_kinds import resolve_methods
 from wsss.workflow_support import ConfigError, count_images, precision_warnings
 
 CLASSES = ["cat", "dog"]

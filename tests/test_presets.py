@@ -9,7 +9,7 @@ import yaml
 from snakemake.utils import update_config, validate
 
 from tests.workflow_helpers import REPO
-from wsss.methods import resolve_methods
+from wsss.method_kinds import resolve_methods
 
 PRESETS = {"voc": 0.4, "coco": 0.7, "custom": 0.4}  # preset -> CLIP-ES box threshold
 # config.yaml tunes the shared segmenter for the demo world's thin ResNet-18

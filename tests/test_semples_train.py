@@ -14,7 +14,7 @@ from PIL import Image
 from wsss.clip.factory import build_clip
 from wsss.demo.clip import demo_tokenizer, model_config, save_demo_clip
 from wsss.demo.clip_settings import resolve_settings
-from wsss.methods import resolve_methods
+from wsss.method_kinds import resolve_methods
 from wsss.methods.semples import DEFAULTS, imported_generator
 from wsss.methods.semples import train as semples_train
 from wsss.methods.semples.cams import multiscale_cams

@@ -8,7 +8,7 @@ from timm.models.vision_transformer import VisionTransformer
 
 from wsss.classes import load_class_lists
 from wsss.digests import file_digest
-from wsss.methods import resolve_methods
+from wsss.method_kinds import resolve_methods
 from wsss.methods.semples import class_tokens
 from wsss.methods.semples.class_names import COCO, COCO_CLASS_SLOTS, COCO_SLOTS, VOC
 from wsss.methods.semples.weaktr import (

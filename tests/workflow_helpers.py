@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import yaml
 
-from wsss.methods import merged
+from wsss.method_kinds import merged
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"

@@ -81,14 +81,16 @@ def _direct_dependencies(path: Path, package_root: Path) -> frozenset[Path]:
     return frozenset(found)
 
 
-def package_sources(script: str | Path, package_root: str | Path) -> list[Path]:
-    """The script and every package file it imports, transitively, sorted."""
+def package_sources(script: str | Path, package_root: str | Path, exclude: Iterable[str] = ()) -> list[Path]:
+    """The script and every package file it imports, transitively, sorted; imports of the subpackages named
+    in ``exclude`` (folders of the package root) are not followed."""
     package_root = Path(package_root).resolve()
+    excluded = [package_root / name for name in exclude]
     seen: set[Path] = set()
     todo = [Path(script).resolve()]
     while todo:
         path = todo.pop()
-        if path in seen:
+        if path in seen or any(path.is_relative_to(folder) for folder in excluded):
             continue
         seen.add(path)
         if path.suffix == ".py":
@@ -96,11 +98,15 @@ def package_sources(script: str | Path, package_root: str | Path) -> list[Path]:
     return sorted(seen)
 
 
-def source_digest(script: str | Path, package_root: str | Path) -> str:
-    """SHA-256 (16 hex digits) over the script's and its package modules' relative paths and bytes."""
+def source_digest(script: str | Path, package_root: str | Path, exclude: Iterable[str] = ()) -> str:
+    """SHA-256 (16 hex digits) over the script's and its package modules' relative paths and bytes.
+
+    ``exclude`` names subpackages whose code the run never executes (the demo world's, in a run on real
+    data: its imports sit in branches taken only for the demo), so editing them changes no digest.
+    """
     root = Path(package_root).resolve().parent
     digest = hashlib.sha256()
-    for path in package_sources(script, package_root):
+    for path in package_sources(script, package_root, exclude):
         name = path.relative_to(root) if path.is_relative_to(root) else Path(path.name)
         digest.update(str(name).encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]

@@ -14,7 +14,7 @@ import yaml
 
 from wsss.datasets import split_ids, split_source
 from wsss.digests import file_digest, params_digest
-from wsss.methods import merged, resolve_methods
+from wsss.method_kinds import merged, resolve_methods
 from wsss.shards import shard_names
 
 
@@ -205,6 +205,15 @@ def _check_semples(name: str, method: Mapping[str, Any], dataset_kind: str) -> N
 def _looks_like_path(text: str) -> bool:
     """A pretrained value that names a file rather than an open_clip tag."""
     return "/" in text or text.endswith((".pt", ".pth", ".bin", ".safetensors"))
+
+
+def code_not_run(dataset_kind: str, clip_model: str) -> tuple[str, ...]:
+    """Subpackages of wsss whose code no job of this run executes, left out of the rules' code digests.
+
+    The demo world's code (``wsss/demo``) runs only in runs of the demo dataset or the demo CLIP; every
+    other run leaves it out, so editing it reruns nothing on real data.
+    """
+    return () if dataset_kind == "demo" or clip_model == "demo" else ("demo",)
 
 
 def dataset_settings(config: Mapping[str, Any], out_dir: str) -> dict[str, Any]:

@@ -1,0 +1,59 @@
+"""Method kinds and their named instances.
+
+A method kind turns images and their labels into CAM shards (the method contract, docs/hdf5-layout.md);
+the shared tail (CRF, segmenter, evaluation) does the rest. Each kind is a subpackage
+``wsss/methods/<kind>/``, its ``DEFAULTS`` (the paper's settings) in ``__init__`` and one module per
+step, plus a rule file ``rules/methods/<kind>.smk``. A config's ``methods:`` maps instance names to a
+kind plus what differs from its defaults.
+
+Registering a kind is its line in ``KINDS``. The registry lives outside ``wsss/methods/`` and imports
+the kinds by name, only when their defaults are needed (at parse time): a job that runs one kind's
+code imports no other kind, so registering or editing a kind changes no other kind's code digest.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+from collections.abc import Mapping
+from typing import Any
+
+KINDS: tuple[str, ...] = ("clip_es", "semples")
+
+# Folders of results/<run>/ that the shared upstream stages own; an instance cannot take their name.
+RESERVED_NAMES = frozenset({"benchmarks", "clip", "demo_world", "figures", "logs", "manifests", "tables", "text",
+                            "training"})
+
+
+def kind_defaults(kind: str) -> Mapping[str, Any]:
+    """A registered kind's published defaults (``DEFAULTS`` of ``wsss.methods.<kind>``)."""
+    return importlib.import_module(f"wsss.methods.{kind}").DEFAULTS
+
+
+def merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """``base`` updated by ``override``, mappings merged key by key, everything else replaced."""
+    out = copy.deepcopy(dict(base))
+    for key, value in override.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), Mapping):
+            out[key] = merged(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def resolve_methods(instances: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Every instance's full settings: its kind's defaults updated by what the instance states."""
+    resolved = {}
+    for name, instance in instances.items():
+        if name in RESERVED_NAMES:
+            raise ValueError(f"methods.{name}: the name is taken by a shared output folder ({sorted(RESERVED_NAMES)})")
+        kind = instance.get("kind")
+        if kind not in KINDS:
+            raise ValueError(f"methods.{name}.kind: unknown method kind {kind!r} (known: {sorted(KINDS)})")
+        resolved[name] = merged(kind_defaults(kind), instance)
+    return resolved
+
+
+def instances_of(methods: Mapping[str, Mapping[str, Any]], kind: str) -> list[str]:
+    """Names of the resolved instances of one kind, sorted."""
+    return sorted(name for name, settings in methods.items() if settings["kind"] == kind)
