@@ -53,7 +53,7 @@ from wsss.clip.factory import load_clip, patch_size
 from wsss.clip.transform import image_stats, preprocess_image
 from wsss.clip.transformer import interpolate_pos_embed
 from wsss.datasets import MANIFEST_COLUMNS, write_manifest
-from wsss.gradcam import softmax_gradcam
+from wsss.methods.clip_es.softmax_gradcam import softmax_gradcam
 from wsss.h5store import image_ids, put_image, write_stage
 
 

@@ -22,11 +22,11 @@ import torch
 import yaml
 from PIL import Image
 
-from wsss.affinity import refine_cams, sinkhorn_affinity
+from wsss.clip.affinity import refine_cams, sinkhorn_affinity
 from wsss.clip.factory import patch_size
 from wsss.clip.transform import image_stats, preprocess_image
 from wsss.demo.clip import load_demo_clip
-from wsss.gradcam import softmax_gradcam
+from wsss.methods.clip_es.softmax_gradcam import softmax_gradcam
 from wsss.h5store import open_stage, provenance
 from wsss.metrics import confusion_matrix, scores
 from wsss.method_kinds import resolve_methods

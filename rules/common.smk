@@ -64,8 +64,9 @@ SHARDS = {
 GPU = 1 if config["resources"]["gpu_rules_use_gpu"] else 0
 # Instances whose text settings are equal share one text-feature file, keyed by their digest.
 TEXT_KEYS = {
-    name: support.text_key(config["clip"], METHODS[name]["text"])
-    for name in instances_of(METHODS, "clip_es")
+    name: support.text_key(config["clip"], method["text"])
+    for name, method in METHODS.items()
+    if "text" in method
 }
 # Instances that choose a setting on ground truth; their rows are marked oracle in the summary.
 ORACLE_METHODS = {name for name, method in METHODS.items() if method.get("gt_select")}

@@ -1,10 +1,10 @@
-"""Tests for wsss.affinity: Sinkhorn affinity, CAM box masks (faithful vs inclusive border) and CAA refinement."""
+"""Tests for wsss.clip.affinity: Sinkhorn affinity, CAM box masks (faithful vs inclusive border) and CAA refinement."""
 
 import numpy as np
 import pytest
 import torch
 
-from wsss.affinity import box_mask, refine_cams, sinkhorn_affinity, sinkhorn_normalize
+from wsss.clip.affinity import box_mask, refine_cams, sinkhorn_affinity, sinkhorn_normalize
 
 
 def q_value(q):

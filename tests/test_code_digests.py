@@ -59,11 +59,25 @@ def test_registering_a_new_kind_changes_no_digest_of_an_existing_rule(tmp_path):
     (root / "workflow_scripts" / "probe_cams.py").write_text("from wsss.methods.probe.cams import put_cams\n")
     registry = root / "wsss" / "method_kinds.py"
     text = registry.read_text()
-    assert 'KINDS: tuple[str, ...] = ("clip_es", "semples")' in text
-    registry.write_text(text.replace('("clip_es", "semples")', '("clip_es", "semples", "probe")'))
+    assert 'KINDS: tuple[str, ...] = ("clip_es", "semples", "excel")' in text
+    registry.write_text(text.replace('("clip_es", "semples", "excel")', '("clip_es", "semples", "excel", "probe")'))
     after = _digests(root)
     assert {name: after[name] for name in before} == before
     assert "probe_cams.py" in after
+
+
+def test_the_excel_kind_left_every_clip_es_and_semples_digest_as_it_was(tmp_path):
+    """Digests computed with ExCEL unregistered and its code removed equal those of the checkout."""
+    root = _copy(tmp_path)
+    registry = root / "wsss" / "method_kinds.py"
+    registry.write_text(registry.read_text().replace('("clip_es", "semples", "excel")', '("clip_es", "semples")'))
+    shutil.rmtree(root / "wsss" / "methods" / "excel")
+    for script in (root / "workflow_scripts").glob("excel_*.py"):
+        script.unlink()
+    without = _digests(root)
+    with_excel = _digests(REPO)
+    others = KIND_RULE_SCRIPTS["clip_es"] | KIND_RULE_SCRIPTS["semples"]
+    assert others and {name: without[name] for name in others} == {name: with_excel[name] for name in others}
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -88,3 +102,36 @@ def test_the_demo_worlds_code_is_in_no_digest_of_a_run_on_real_data(tmp_path):
     assert {"generate_demo_world.py", "train_demo_clip.py", "manifest.py", "text_features.py",
             "clip_es_gradcam.py", "semples_phase1.py"} <= changed
     assert not {"crf.py", "train_segmenter.py", "summary.py"} & changed
+
+
+def _parse_time_modules() -> set[Path]:
+    """wsss modules the Snakefile and the rule files import while parsing, with everything they import."""
+    import re
+
+    found: set[Path] = set()
+    texts = [(REPO / "Snakefile").read_text()] + [p.read_text() for p in (REPO / "rules").rglob("*.smk")]
+    for name in {m for text in texts for m in re.findall(r"^\s*(?:from|import) (wsss[\w.]*)", text, re.M)}:
+        base = PACKAGE.joinpath(*name.split(".")[1:])
+        module = base.with_suffix(".py") if base.with_suffix(".py").is_file() else base / "__init__.py"
+        found |= set(package_sources(module, PACKAGE))
+    return found
+
+
+def test_code_of_one_kind_lives_in_its_folder_and_no_kind_imports_another():
+    """A module outside wsss/methods/ serves more than one kind or the shared workflow; each kind's modules
+    import no other kind's folder."""
+    methods = PACKAGE / "methods"
+    closure = {kind: set().union(*(package_sources(path, PACKAGE) for path in (methods / kind).rglob("*.py")))
+               for kind in KINDS}
+    shared_scripts = [s for s in SCRIPTS if not any(s.name.startswith(f"{kind}_") for kind in KINDS)]
+    shared = set().union(*(package_sources(s, PACKAGE) for s in shared_scripts)) | _parse_time_modules()
+    for module in sorted(PACKAGE.rglob("*.py")):
+        if module.is_relative_to(methods):
+            continue
+        users = sorted(kind for kind in KINDS if module in closure[kind])
+        assert len(users) != 1 or module in shared, \
+            f"{module.relative_to(REPO)} serves only {users[0]}: move it to wsss/methods/{users[0]}/"
+    for kind in KINDS:
+        foreign = sorted(str(p.relative_to(methods)) for p in closure[kind]
+                         if p.is_relative_to(methods) and p.parent != methods and p.relative_to(methods).parts[0] != kind)
+        assert not foreign, f"kind {kind} imports another kind's code: {foreign}"

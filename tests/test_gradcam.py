@@ -1,4 +1,4 @@
-"""Tests for wsss.gradcam: softmax-GradCAM against per-class loops, independent autograd and the analytic gradient."""
+"""Tests for wsss.methods.clip_es.softmax_gradcam: softmax-GradCAM against per-class loops, independent autograd and the analytic gradient."""
 
 import copy
 
@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from wsss.clip.factory import build_clip
 from wsss.clip.transformer import attention_parts, encode_image_tokens, image_embedding_from_last_block
-from wsss.gradcam import (
+from wsss.methods.clip_es.softmax_gradcam import (
     cam_from_activations,
     cam_from_channel_weights,
     layer_mean_attention,

@@ -128,3 +128,74 @@ def test_papers_numbers_name_stages_and_splits_the_preset_scores(preset):
     for method, reported in paper.items():
         assert set(reported) <= set(scored), f"{preset}: {sorted(set(reported) - set(scored))} is never scored"
         assert all(0 < value < 1 for value in reported.values())
+
+
+def _excel_dry_run(tmp_path, dataset: str, descriptors: dict | None):
+    """A dry run of configs/<dataset>.yaml + configs/<dataset>_excel.yaml on a fake layout: the split lists, a
+    CLIP weight file and (unless None) a descriptor JSON, given by a third config file."""
+    import hashlib
+    import json
+    import subprocess
+    import sys
+
+    from wsss.classes import load_class_lists
+
+    lists = tmp_path / "lists"
+    lists.mkdir()
+    override: dict = {"clip": {"pretrained": str(tmp_path / "ViT-B-16.pt")}, "methods": {"excel": {"attributes": {}}}}
+    (tmp_path / "ViT-B-16.pt").write_bytes(b"not loaded by a dry run")
+    if dataset == "voc":
+        for split in ("train", "val", "train_aug"):
+            (lists / f"{split}.txt").write_text("".join(f"2007_{i:06d}\n" for i in range(7)))
+        override["dataset"] = {"root": str(tmp_path / "VOC2012"), "split_lists": {"train_aug": str(lists / "train_aug.txt")}}
+        root = tmp_path / "VOC2012" / "ImageSets" / "Segmentation"
+        root.mkdir(parents=True)
+        for split in ("train", "val"):
+            (root / f"{split}.txt").write_text((lists / f"{split}.txt").read_text())
+    else:
+        for split in ("train", "val"):
+            (lists / f"{split}.txt").write_text("".join(f"COCO_{split}2014_{i:012d} 0\n" for i in range(7)))
+        override["dataset"] = {"split_lists": {split: str(lists / f"{split}.txt") for split in ("train", "val")}}
+    if descriptors is not None:
+        path = tmp_path / "descriptors.json"
+        path.write_text(json.dumps(descriptors))
+        override["methods"]["excel"]["attributes"] = {"descriptors": str(path),
+                                                      "sha256": hashlib.sha256(path.read_bytes()).hexdigest()}
+    else:
+        override["methods"]["excel"]["attributes"] = {"descriptors": str(tmp_path / "missing.json")}
+    (tmp_path / "override.yaml").write_text(yaml.safe_dump(override))
+    classes = load_class_lists()[f"{dataset}_classes"]
+    command = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory", str(tmp_path / "run"),
+               "--configfile", str(REPO / "configs" / f"{dataset}.yaml"), str(REPO / "configs" / f"{dataset}_excel.yaml"),
+               str(tmp_path / "override.yaml"), "--workflow-profile", "none", "-n"]
+    return subprocess.run(command, capture_output=True, text=True), classes
+
+
+@pytest.mark.parametrize("dataset", ["voc", "coco"])
+def test_excel_preset_dry_runs_beside_clip_es(tmp_path, dataset):
+    from wsss.classes import load_class_lists
+    from tests.workflow_helpers import planned_jobs
+
+    classes = load_class_lists()[f"{dataset}_classes"]
+    result, _ = _excel_dry_run(tmp_path, dataset, {name: [f"it is a {name}."] for name in classes})
+    assert result.returncode == 0, result.stderr[-4000:]
+    jobs = planned_jobs(result)
+    # one bank, one CAM job per shard of the pseudo split (7 ids, one shard), and the shared tail for both kinds
+    assert jobs["excel_attribute_bank"] == 1 and jobs["excel_cams"] == 1
+    assert jobs["text_features"] == 2, "ExCEL's fp32 text features are not CLIP-ES's fp16 ones"
+    assert jobs["clip_es_caa"] == 1 and jobs["crf"] == 2 and jobs["train_segmenter"] == 2
+    extra = _load(REPO / "configs" / f"{dataset}_excel.yaml")
+    method = resolve_methods(extra["methods"])["excel"]
+    assert method["attributes"]["bank"]["n_clusters"] == {"voc": 112, "coco": 224}[dataset]
+    assert method["caa"]["box_threshold"] == {"voc": 0.79, "coco": 0.88}[dataset]
+    assert extra["report"]["paper"]["excel"] == {"crf/train": None}, "the training-free numbers are unknown"
+
+
+@pytest.mark.parametrize("dataset", ["voc", "coco"])
+def test_a_missing_descriptor_file_stops_before_any_job_naming_the_key_and_its_sha256(tmp_path, dataset):
+    result, _ = _excel_dry_run(tmp_path, dataset, None)
+    assert result.returncode != 0
+    expected = _load(REPO / "configs" / f"{dataset}_excel.yaml")["methods"]["excel"]["attributes"]["sha256"]
+    output = result.stdout + result.stderr
+    assert f"methods.excel.attributes.descriptors: {tmp_path / 'missing.json'} not found (sha256 {expected})" in output
+    assert "Job stats" not in output

@@ -1,4 +1,4 @@
-"""Tests for wsss.text_features (prompt embeddings) and wsss.prompt_selection (sharpness ranking)."""
+"""Tests for wsss.clip.text_features (prompt embeddings) and wsss.clip.prompt_selection (sharpness ranking)."""
 
 import copy
 
@@ -9,8 +9,8 @@ import torch
 import torch.nn.functional as F
 
 from wsss.clip.factory import build_clip
-from wsss.prompt_selection import class_probabilities, image_embeddings, rank_templates, sharpness
-from wsss.text_features import DEFAULT_TEMPLATE, get_tokenizer, text_features
+from wsss.clip.prompt_selection import class_probabilities, image_embeddings, rank_templates, sharpness
+from wsss.clip.text_features import DEFAULT_TEMPLATE, get_tokenizer, text_features
 
 TINY = {
     "embed_dim": 32,

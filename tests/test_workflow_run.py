@@ -27,6 +27,7 @@ RUN = "results/tiny"
 ES = f"{RUN}/clip_es"  # the instance with the whole tail (and caa.keep_affinity)
 ABLATION = f"{RUN}/clip_es_logit"  # an instance that stops at the pseudo masks
 SEMPLES = f"{RUN}/semples"  # SemPLeS at toy size, also stopped at the pseudo masks
+EXCEL = f"{RUN}/excel"  # ExCEL, training-free, also stopped at the pseudo masks
 UPSTREAM = {"generate_demo_world", "manifest", "train_demo_clip", "text_features"}
 
 
@@ -70,6 +71,32 @@ def test_every_stage_writes_its_documented_layout(tiny_run):
     assert not (tiny_run / ABLATION / "segmenter").exists()
 
 
+def test_excel_writes_the_method_contract_from_its_attribute_bank(tiny_run):
+    manifest = pd.read_csv(tiny_run / RUN / "manifests/train.tsv", sep="\t", keep_default_na=False).set_index("image_id")
+    banks = sorted((tiny_run / RUN / "attributes").glob("*/bank.h5"))
+    assert len(banks) == 1
+    with open_stage(banks[0]) as bank:
+        assert bank["centres"].shape == (12, 128) and bank["flags"].shape == (6, 12)  # 6 demo classes, 12 centres
+        assert bank.attrs["sentences"] == 30
+    with open_stage(tiny_run / EXCEL / "cams/train/00000.h5") as handle:
+        ids = image_ids(handle)
+        assert len(ids) == 5
+        for image_id in ids:
+            stored = get_image(handle, image_id)
+            keys = stored["keys"]
+            assert keys.dtype == np.int16 and list(keys) == sorted(keys), "ascending class order"
+            labels = sorted(int(k) for k in str(manifest.loc[image_id, "labels"]).split())
+            assert list(keys) == labels
+            for name in ("cam", "cam_initial"):
+                assert stored[name].shape == (len(keys), 6, 6), "48 px square input, patch 8"
+                assert stored[name].dtype == np.float32
+                assert 0.0 <= stored[name].min() and stored[name].max() <= 1.0
+            assert (stored["height"], stored["width"]) == (manifest.loc[image_id, "height"],
+                                                           manifest.loc[image_id, "width"])
+    summary = pd.read_csv(tiny_run / RUN / "tables/summary.csv")
+    assert {"cam_alpha1", "cam_initial_alpha1", "crf"} <= set(summary[summary["method"] == "excel"]["stage"])
+
+
 def test_semples_writes_the_method_contract_and_its_training_stages(tiny_run):
     with open_stage(tiny_run / SEMPLES / "cams/train/00000.h5") as handle:
         ids = image_ids(handle)
@@ -102,7 +129,7 @@ def test_instances_differ_only_where_their_settings_do(tiny_run):
         image_id = image_ids(es)[0]
         assert not np.allclose(get_image(es, image_id)["cam"], get_image(logit, image_id)["cam"])
     text = sorted((tiny_run / RUN / "text").glob("*/text_features.h5"))
-    assert len(text) == 1, "both instances share one text-feature file"
+    assert len(text) == 2, "the CLIP-ES instances share one text-feature file; ExCEL's fp32 text has its own"
 
 
 def test_provenance_records_parameters_and_inputs(tiny_run):
@@ -253,14 +280,18 @@ RUN_LEVEL = {"summary": set(), "per_class_iou": set(), "rule_times": set(), "run
         ("segmenter/augment.py", {"train_segmenter": {"clip_es"}, "predict": {"clip_es"}, "export_predictions": {"clip_es"},
                                   "evaluate_segmenter": {"clip_es"}, "training_figure": {"clip_es"},
                                   # the figures draw the segmenter's predictions, so their code imports it too
-                                  "figures": {"clip_es", "clip_es_logit", "semples"}, **RUN_LEVEL}),
+                                  "figures": {"clip_es", "clip_es_logit", "semples", "excel"}, **RUN_LEVEL}),
         # the CAA refinement: the CAA rule of both instances and everything after it. GradCAM reruns only
-        # where its temporary affinity input is gone (clip_es_logit); clip_es keeps its affinity.
-        ("affinity.py", {**{rule: {"clip_es", "clip_es_logit"} for rule in AFTER_CAA - set(RUN_LEVEL)},
-                         "train_segmenter": {"clip_es"}, "predict": {"clip_es"}, "evaluate_segmenter": {"clip_es"},
-                         "export_predictions": {"clip_es"}, "training_figure": {"clip_es"},
-                         "export_pseudo_masks": {"clip_es", "clip_es_logit"}, "clip_es_gradcam": {"clip_es_logit"},
-                         **RUN_LEVEL}),
+        # where its temporary affinity input is gone (clip_es_logit); clip_es keeps its affinity. It is
+        # CLIP-ES's and ExCEL's, which share it (the shared CLIP machinery in wsss/clip/)
+        ("clip/affinity.py", {**{rule: {"clip_es", "clip_es_logit"} for rule in AFTER_CAA - set(RUN_LEVEL)},
+                              "train_segmenter": {"clip_es"}, "predict": {"clip_es"}, "evaluate_segmenter": {"clip_es"},
+                              "export_predictions": {"clip_es"}, "training_figure": {"clip_es"},
+                              "clip_es_gradcam": {"clip_es_logit"}, "excel_cams": {"excel"},
+                              **{rule: {"clip_es", "clip_es_logit", "excel"}
+                                 for rule in ("crf", "evaluate_cams", "evaluate_pseudo_masks", "export_pseudo_masks",
+                                              "figures")},
+                              **RUN_LEVEL}),
     ],
 )
 def test_editing_a_deep_module_reruns_exactly_its_dependent_rules(tiny_run, tmp_path, module, dependent):

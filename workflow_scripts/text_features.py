@@ -7,7 +7,8 @@ from wsss.stages.clip import chosen_template, run_text_features
 
 with logged(snakemake.log[0]), compute_job(snakemake.threads, snakemake.resources.get("gpu", 0)):
     run_text_features(
-        snakemake.params.clip,
+        # an instance's text.precision (ExCEL: fp32) overrides the CLIP's for its text features
+        {**snakemake.params.clip, **{k: v for k, v in snakemake.params.text.items() if k == "precision"}},
         list(snakemake.input.clip),
         dataset_vocabulary(snakemake.params.dataset, snakemake.params.text),
         chosen_template(snakemake.params.text, list(snakemake.input.ranking)),

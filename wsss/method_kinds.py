@@ -18,11 +18,11 @@ import importlib
 from collections.abc import Mapping
 from typing import Any
 
-KINDS: tuple[str, ...] = ("clip_es", "semples")
+KINDS: tuple[str, ...] = ("clip_es", "semples", "excel")
 
 # Folders of results/<run>/ that the shared upstream stages own; an instance cannot take their name.
-RESERVED_NAMES = frozenset({"benchmarks", "clip", "demo_world", "figures", "logs", "manifests", "tables", "text",
-                            "training"})
+RESERVED_NAMES = frozenset({"attributes", "benchmarks", "clip", "demo_world", "figures", "logs", "manifests", "tables",
+                            "text", "training"})
 
 
 def kind_defaults(kind: str) -> Mapping[str, Any]:

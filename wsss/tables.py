@@ -167,6 +167,9 @@ def against_paper(table: pd.DataFrame, paper: Mapping[str, Mapping[str, float]])
     for method, reported in paper.items():
         for key, value in reported.items():
             ours = miou.get((method, key))
+            if value is None:  # the paper's number is not known
+                rows.append([method, key, _format(ours), "unknown", "–"])
+                continue
             difference = "–" if ours is None else f"{ours - value:+.4f}"
             rows.append([method, key, _format(ours), f"{value:.4f}", difference])
     return Section("Against the papers (mIoU)", ["method", "stage/split", "this run", "paper", "difference"], rows)

@@ -112,6 +112,8 @@ def check_methods(instances: Mapping[str, Any], dataset_kind: str = "demo") -> d
             _check_clip_es(name, method)
         elif method["kind"] == "semples":
             _check_semples(name, method, dataset_kind)
+        elif method["kind"] == "excel":
+            _check_excel(name, method, dataset_kind)
     return methods
 
 
@@ -200,6 +202,21 @@ def _check_semples(name: str, method: Mapping[str, Any], dataset_kind: str) -> N
         raise ConfigError(f"methods.{name}.critic.pretrained: file not found: {critic['pretrained']}")
     if "{}" not in method["text"]["template"]:
         raise ConfigError(f"methods.{name}.text.template must contain '{{}}', got {method['text']['template']!r}")
+
+
+def _check_excel(name: str, method: Mapping[str, Any], dataset_kind: str) -> None:
+    """The descriptor JSON or released bank an ExCEL instance names must exist (and match its sha256)."""
+    from wsss.methods import excel
+
+    try:
+        excel.descriptor_file(name, method, dataset_kind)
+        excel.bank_file(name, method)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if "{}" not in method["text"]["template"]:
+        raise ConfigError(f"methods.{name}.text.template must contain '{{}}', got {method['text']['template']!r}")
+    if method["cam"]["input_size"] % 8:
+        raise ConfigError(f"methods.{name}.cam.input_size must be a multiple of the patch size")
 
 
 def _looks_like_path(text: str) -> bool:

@@ -10,7 +10,7 @@ import torch
 
 from wsss.clip.factory import load_clip
 from wsss.clip.transform import image_stats
-from wsss.text_features import get_tokenizer
+from wsss.clip.text_features import get_tokenizer
 
 
 def load_configured_clip(clip: Mapping[str, Any], checkpoint: Sequence[str | Path], device: torch.device):

@@ -24,7 +24,7 @@ from wsss.datasets import read_manifest, usable_rows
 from wsss.devices import default_device
 from wsss.h5store import write_stage
 from wsss.images import decode_image
-from wsss.text_features import text_features
+from wsss.clip.text_features import text_features
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,7 @@ def run_prompt_ranking(
     max_images: int = 2000,
 ) -> pd.DataFrame:
     """Rank candidate templates by sharpness on the multi-label images of the pseudo split."""
-    from wsss.prompt_selection import rank_templates
+    from wsss.clip.prompt_selection import rank_templates
 
     model, tokenizer, mean, std = load_configured_clip(clip, checkpoint, default_device())
     table, _ = usable_rows(read_manifest(manifest_path))

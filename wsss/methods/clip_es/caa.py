@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from wsss import cam_shards
-from wsss.affinity import refine_cams, sinkhorn_affinity
+from wsss.clip.affinity import refine_cams, sinkhorn_affinity
 from wsss.h5store import get_image, image_ids, open_stage, set_image_order, skipped_images, write_stage
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from wsss.clip.transform import preprocess_file
 from wsss.datasets import read_manifest, usable_rows
 from wsss.cpu_features import native_bf16
 from wsss.devices import default_device
-from wsss.gradcam import autocast_precision, softmax_gradcam, softmax_gradcam_batch
+from wsss.methods.clip_es.softmax_gradcam import autocast_precision, softmax_gradcam, softmax_gradcam_batch
 from wsss.h5store import open_stage, put_image, set_image_order, write_stage
 from wsss.progress import progress
 from wsss.shards import shard_rows

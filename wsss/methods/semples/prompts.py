@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from open_clip.model import CLIP
 from open_clip.transformer import text_global_pool
 
-from wsss.text_features import text_features
+from wsss.clip.text_features import text_features
 
 __all__ = [
     "PROMPT_TEXT",

@@ -9,8 +9,8 @@ import pandas as pd
 import torch
 from open_clip.model import CLIP
 
-from .clip.transformer import encode_image_tokens, image_embedding_from_last_block
-from .text_features import text_features
+from wsss.clip.transformer import encode_image_tokens, image_embedding_from_last_block
+from wsss.clip.text_features import text_features
 
 __all__ = ["sharpness", "image_embeddings", "class_probabilities", "rank_templates"]
 

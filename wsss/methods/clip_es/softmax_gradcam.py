@@ -9,8 +9,9 @@ from typing import Optional, Sequence
 import torch
 from open_clip.model import CLIP
 
-from .clip.factory import model_dtype, patch_size
-from .clip.transformer import (
+from wsss.clip.maps import minmax_normalize
+from wsss.clip.factory import model_dtype, patch_size
+from wsss.clip.transformer import (
     AttentionParts,
     add_head_sum,
     attention_parts,
@@ -49,12 +50,6 @@ class CamResult:
     attention_mean: torch.Tensor  # (N, N) float32, layer mean of head-averaged attention, CLS dropped
     logits: torch.Tensor  # (K+M,) float32: exp(logit_scale) * cos(image, text_j), present fg then bg
     grid_hw: tuple[int, int]  # (h, w) patch grid
-
-
-def minmax_normalize(x: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
-    """Per-map min-max over the last two dims: (x - min) / (max(x - min) + eps), like scale_cam_image."""
-    x = x - x.amin(dim=(-2, -1), keepdim=True)
-    return x / (x.amax(dim=(-2, -1), keepdim=True) + eps)
 
 
 def cam_from_channel_weights(acts: torch.Tensor, alpha: torch.Tensor, grid_hw: tuple[int, int]) -> torch.Tensor:

@@ -8,7 +8,7 @@ import cv2
 import numpy as np
 import torch
 
-from .gradcam import minmax_normalize
+from wsss.clip.maps import minmax_normalize
 
 __all__ = ["BoxMask", "sinkhorn_normalize", "sinkhorn_affinity", "box_mask", "refine_cams"]
 
