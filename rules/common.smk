@@ -29,7 +29,7 @@ from wsss.methods.semples import (
     stage_settings,
 )
 from wsss.shards import SHARD_PATTERN
-from wsss.stages.pseudo_masks import crf_config
+from wsss.stages.pseudo_masks import crf_config, recipe_refiner
 from wsss.source_digest import source_digest
 from wsss.tables import STAGE_TITLES
 
@@ -120,6 +120,16 @@ def checked_manifests(wildcards=None):
 def clip_input(wildcards=None):
     """The demo CLIP checkpoint when the pipeline trains it, nothing for open_clip tags and local weights."""
     return [f"{OUT}/clip/demo_clip.pt"] if USES_DEMO_CLIP else []
+
+
+def refiner_of(method):
+    """The pseudo-mask refiner of an instance: crf (the dense CRF) or par (pixel-adaptive refinement)."""
+    return recipe_refiner(METHODS[method]["pseudo_masks"])
+
+
+def refined_files(method):
+    """Every shard file of an instance's refined pseudo masks (its crf or par stage) on the pseudo split."""
+    return shard_files(f"{OUT}/{method}/{refiner_of(method)}/{{split}}/{{shard}}.h5", PSEUDO_SPLIT)
 
 
 def label_unary(method):

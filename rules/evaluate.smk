@@ -31,7 +31,7 @@ rule evaluate_cams:
 
 rule evaluate_pseudo_masks:
     input:
-        crf=lambda wc: shard_files(f"{OUT}/{wc.method}/crf/{{split}}/{{shard}}.h5", PSEUDO_SPLIT),
+        crf=lambda wc: refined_files(wc.method),
         manifests=expand(f"{OUT}/manifests/{{split}}.tsv", split=CAM_EVAL_SPLITS),
     output:
         metrics=f"{OUT}/{{method}}/tables/pseudo_masks.csv",

@@ -13,6 +13,8 @@ rule crf:
         f"{OUT}/{{method}}/logs/crf/{{split}}/{{shard}}.log",
     benchmark:
         f"{OUT}/{{method}}/benchmarks/crf/{{split}}/{{shard}}.tsv"
+    wildcard_constraints:
+        method=one_of({name for name in METHODS if refiner_of(name) == "crf"}),
     conda:
         "../envs/wsss.yaml"
     threads: res("crf", "threads", 2)
@@ -29,9 +31,44 @@ rule crf:
         "../workflow_scripts/crf.py"
 
 
+# Instances with pseudo_masks.refiner par: pixel-adaptive refinement instead of the CRF, same layout.
+rule par:
+    input:
+        cams=f"{OUT}/{{method}}/cams/{{split}}/{{shard}}.h5",
+        manifest=f"{OUT}/manifests/{{split}}.tsv",
+    output:
+        f"{OUT}/{{method}}/par/{{split}}/{{shard}}.h5",
+    log:
+        f"{OUT}/{{method}}/logs/par/{{split}}/{{shard}}.log",
+    benchmark:
+        f"{OUT}/{{method}}/benchmarks/par/{{split}}/{{shard}}.tsv"
+    wildcard_constraints:
+        method=one_of({name for name in METHODS if refiner_of(name) == "par"}),
+    conda:
+        "../envs/wsss.yaml"
+    threads: res("par", "threads", 2)
+    resources:
+        mem_mb=lambda wc, attempt: res("par", "mem_mb", 4000) * attempt,
+        runtime=res("par", "runtime", 120),
+    params:
+        # the confidence threshold is applied downstream, so changing it does not rerun PAR
+        pseudo_masks=lambda wc: settings(
+            {
+                key: value
+                for key, value in METHODS[wc.method]["pseudo_masks"].items()
+                if key in ("par", "crf")
+            }
+        ),
+        shard_size=config["shard_size"],
+        hdf5=settings(config["hdf5"]),
+        code=code_digest("par.py"),
+    script:
+        "../workflow_scripts/par.py"
+
+
 rule export_pseudo_masks:
     input:
-        crf=lambda wc: shard_files(f"{OUT}/{wc.method}/crf/{{split}}/{{shard}}.h5", PSEUDO_SPLIT),
+        crf=lambda wc: refined_files(wc.method),
         manifest=f"{OUT}/manifests/{PSEUDO_SPLIT}.tsv",
     output:
         masks=directory(f"{OUT}/{{method}}/pseudo_masks/{PSEUDO_SPLIT}/SegmentationClassPseudo"),

@@ -102,7 +102,7 @@ rule figures:
     input:
         manifest=f"{OUT}/manifests/{PSEUDO_SPLIT}.tsv",
         cams=lambda wc: shard_files(f"{OUT}/{wc.method}/cams/{{split}}/{{shard}}.h5", PSEUDO_SPLIT),
-        crf=lambda wc: shard_files(f"{OUT}/{wc.method}/crf/{{split}}/{{shard}}.h5", PSEUDO_SPLIT),
+        crf=lambda wc: refined_files(wc.method),
         model=lambda wc: segmenter_model(wc.method),
     output:
         samples=report(

@@ -5,7 +5,7 @@
 
 rule train_segmenter:
     input:
-        crf=lambda wc: shard_files(f"{OUT}/{wc.method}/crf/{{split}}/{{shard}}.h5", PSEUDO_SPLIT),
+        crf=lambda wc: refined_files(wc.method),
         manifest=f"{OUT}/manifests/{PSEUDO_SPLIT}.tsv",
     output:
         model=f"{OUT}/{{method}}/segmenter/model.pt",

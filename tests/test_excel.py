@@ -217,3 +217,20 @@ def test_par_propagates_within_a_region_and_stops_at_an_edge():
     # across the colour edge almost nothing arrives, while the left side keeps its activation
     assert stopped[:, 20:26].mean() < 0.01 * stopped[:, 14:20].mean()
     assert stopped[:, :20].mean() > spread[:, :20].mean(), "what cannot cross the edge stays on its side"
+
+
+def test_the_par_stage_labels_each_pixel_by_the_refined_argmax_with_its_share_as_confidence():
+    from wsss.stages.par import par_image, par_labels
+
+    rgb = np.zeros((24, 32, 3), np.uint8)
+    rgb[:, :16] = (200, 40, 40)  # a red object on the left, black background on the right
+    original = par_image(rgb, "original", 32)
+    assert original.shape == (3, 24, 32) and float(original[0, 0, 0]) == 200.0
+    resized = par_image(rgb, "resized_input", 16)
+    assert resized.shape == (3, 24, 32) and float(resized[0, 0, 0]) < 10, "ImageNet-normalised, then resized back"
+    cams = np.zeros((1, 6, 8), np.float32)
+    cams[0, :, :4] = 1.0  # the labelled class (index 4) fills the left half
+    labels, confidence = par_labels(cams, np.array([4]), original, ParConfig(iterations=5))
+    assert labels.dtype == np.uint8 and confidence.dtype == np.float16 and labels.shape == (24, 32)
+    assert (labels[:, :12] == 5).all() and (labels[:, 20:] == 0).all(), "class k is label k + 1, background 0"
+    assert 0.5 <= float(confidence.min()) and float(confidence.max()) <= 1.0

@@ -319,7 +319,8 @@ def test_every_semples_key_of_the_schema_is_read(tmp_path, monkeypatch):
     from wsss.methods.semples import class_names, class_tokens, final_stage, stage_keys
     from wsss.methods.semples.cams import run_cams
     from wsss.methods.semples.train import load_phase1, train_prompts, train_refine
-    from wsss.stages.pseudo_masks import recipe_threshold
+    from wsss.stages.par import DEFAULT_PAR, par_settings
+    from wsss.stages.pseudo_masks import recipe_refiner, recipe_threshold
     from wsss.workflow_support import _check_semples
 
     repo = Path(__file__).resolve().parents[1]
@@ -341,6 +342,8 @@ def test_every_semples_key_of_the_schema_is_read(tmp_path, monkeypatch):
     for stage in ("match", "prompts", "refine"):
         method[stage].update(epochs=1, batch_size=4)
     method["prompts"]["length"] = 2
+    # the shared tail's refiner settings, stated so that their reads are recorded
+    method["pseudo_masks"].update(refiner="crf", par=dict(DEFAULT_PAR))
 
     seen: set[str] = set()
     rec = _ReadRecorder(method, seen)
@@ -355,7 +358,9 @@ def test_every_semples_key_of_the_schema_is_read(tmp_path, monkeypatch):
                  tmp_path / "c", imported=imported_generator(rec, "demo", names))
     assert final_stage(rec) == "refine"
     run_cams(manifest, "00000", 8, tmp_path / "c.pt", rec["cam"], tmp_path / "cams.h5", precision=rec["precision"])
-    recipe_threshold(rec["pseudo_masks"])  # the shared tail's reader of the recipe
+    recipe_threshold(rec["pseudo_masks"])  # the shared tail's readers of the recipe
+    recipe_refiner(rec["pseudo_masks"])
+    par_settings(rec["pseudo_masks"])
     # a phase-1 model imported by file: checked and digested before any job, keyed by its digest
     imported = _ReadRecorder({**method, "phase1": {**method["phase1"], "checkpoint": str(deit)}}, seen)
     stage_keys(imported, {"split": "train"}, workflow_support.phase1_digest("s", imported))

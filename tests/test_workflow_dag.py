@@ -12,7 +12,7 @@ from tests.workflow_helpers import REPO, TINY, planned_jobs, planned_methods, sn
 
 ALL_RULES = {"generate_demo_world", "manifest", "train_demo_clip", "text_features", "clip_es_gradcam", "clip_es_caa",
              "semples_phase1", "semples_match", "semples_prompts", "semples_refine", "semples_cams",
-             "evaluate_cams", "crf", "export_pseudo_masks", "evaluate_pseudo_masks", "train_segmenter", "predict",
+             "excel_attribute_bank", "excel_cams", "evaluate_cams", "crf", "par", "export_pseudo_masks", "evaluate_pseudo_masks", "train_segmenter", "predict",
              "export_predictions", "evaluate_segmenter", "summary", "per_class_iou", "rule_graph", "figures",
              "training_figure", "rule_times", "run_manifest", "all"}
 
@@ -24,22 +24,26 @@ def test_default_config_dry_run_lists_the_whole_dag_for_every_instance(tmp_path)
     demo = yaml.safe_load((REPO / "config.yaml").read_text())
     instances = set(demo["methods"])
     kinds = {kind: {name for name, method in demo["methods"].items() if method["kind"] == kind}
-             for kind in ("clip_es", "semples")}
+             for kind in ("clip_es", "semples", "excel")}
+    seeds = {name for name, method in demo["methods"].items()
+             if method.get("pseudo_masks", {}).get("refiner") == "par"}
     with_segmenter = {name for name, method in demo["methods"].items() if method.get("segmenter", True)}
-    assert {"clip_es", "semples"} <= with_segmenter and kinds["clip_es"] - with_segmenter, \
-        "the demo runs clip_es and semples through the whole tail, and ablations that stop at the pseudo masks"
+    assert {"clip_es", "semples", "excel"} <= with_segmenter and kinds["clip_es"] - with_segmenter, \
+        "the demo runs the three kinds through the whole tail, and ablations that stop at the pseudo masks"
     assert kinds["semples"] - with_segmenter, "and SemPLeS's own stage-a-only ablation"
+    assert seeds == {"excel_seeds"} and kinds["excel"] - with_segmenter - seeds, "ExCEL's seeds and ablations"
     n_shards = -(-demo["demo_world"]["n_train"] // demo["shard_size"])
     assert jobs["clip_es_gradcam"] == jobs["clip_es_caa"] == n_shards * len(kinds["clip_es"])
     assert jobs["semples_cams"] == n_shards * len(kinds["semples"])
-    assert jobs["crf"] == n_shards * len(instances)
+    assert jobs["excel_cams"] == n_shards * len(kinds["excel"]) and jobs["excel_attribute_bank"] == 1
+    assert jobs["crf"] == n_shards * len(instances - seeds) and jobs["par"] == n_shards * len(seeds)
     assert jobs["predict"] == -(-demo["demo_world"]["n_val"] // demo["shard_size"]) * len(with_segmenter)
     assert jobs["manifest"] == 2 and jobs["train_demo_clip"] == 1
-    assert jobs["text_features"] == 1, "instances with equal text settings share one text-feature file"
+    assert jobs["text_features"] == 2, "instances with equal text settings share one text-feature file (per kind here)"
     # the ablation differs from semples only in skipping stages b and c: it shares phase 1 and stage a
     assert (jobs["semples_phase1"], jobs["semples_match"], jobs["semples_prompts"], jobs["semples_refine"]) == (1, 1, 1, 1)
     methods = planned_methods(result)
-    assert methods["crf"] == methods["evaluate_cams"] == instances
+    assert methods["crf"] == instances - seeds and methods["evaluate_cams"] == instances
     assert methods["train_segmenter"] == with_segmenter
 
 
@@ -76,7 +80,7 @@ def test_prompt_ranking_joins_the_dag_only_for_auto_template(tmp_path):
     config = write_config(tmp_path / "auto.yaml", methods={"clip_es_logit": {"text": {"template": "auto"}}})
     jobs = planned_jobs(snakemake(tmp_path, "-n", config=config))
     assert jobs.get("select_prompt") == 1
-    assert jobs["text_features"] == 2, "different text settings get their own text features"
+    assert jobs["text_features"] == 3, "different text settings get their own text features (and the tiny ExCEL its own)"
     assert "select_prompt" not in planned_jobs(snakemake(tmp_path, "-n"))
 
 
@@ -86,7 +90,8 @@ def test_a_config_with_methods_replaces_the_default_instances(tmp_path):
     tiny = set(yaml.safe_load(TINY.read_text())["methods"])
     assert default - tiny
     methods = planned_methods(snakemake(tmp_path, "-n"))
-    assert methods["crf"] == tiny
+    assert methods["evaluate_cams"] == tiny
+    assert methods["crf"] == tiny - {"excel"} and methods["par"] == {"excel"}, "the tiny ExCEL's seeds: PAR"
 
 
 def test_gt_select_chooses_the_threshold_before_the_crf_and_marks_the_instance(tmp_path):
@@ -285,7 +290,8 @@ def test_the_documented_module_caller_runs_with_a_partial_config(tmp_path):
     jobs = planned_jobs(result)
     # the demo world's instances and DAG, at the caller's shard size, under the caller's run folder
     assert jobs["wsss_train_demo_clip"] == 1
-    assert jobs["wsss_crf"] == -(-demo["demo_world"]["n_train"] // 250) * len(demo["methods"])
+    seeds = [m for m in demo["methods"].values() if m.get("pseudo_masks", {}).get("refiner") == "par"]
+    assert jobs["wsss_crf"] == -(-demo["demo_world"]["n_train"] // 250) * (len(demo["methods"]) - len(seeds))
     assert "wsss_results/from_caller/manifest.json" in result.stdout
 
 
@@ -344,5 +350,6 @@ def test_snakedeploy_deploys_a_workflow_that_runs_its_config_template(tmp_path):
     demo = yaml.safe_load((REPO / "config.yaml").read_text())
     # the whole demo DAG by default, under the template's run name
     assert jobs["deployment"] == 1 and jobs["generate_demo_world"] == 1 and jobs["summary"] == 1
-    assert jobs["crf"] == -(-demo["demo_world"]["n_train"] // demo["shard_size"]) * len(demo["methods"])
+    seeds = [m for m in demo["methods"].values() if m.get("pseudo_masks", {}).get("refiner") == "par"]
+    assert jobs["crf"] == -(-demo["demo_world"]["n_train"] // demo["shard_size"]) * (len(demo["methods"]) - len(seeds))
     assert "results/deployed/manifest.json" in result.stdout

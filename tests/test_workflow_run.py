@@ -93,8 +93,17 @@ def test_excel_writes_the_method_contract_from_its_attribute_bank(tiny_run):
                 assert 0.0 <= stored[name].min() and stored[name].max() <= 1.0
             assert (stored["height"], stored["width"]) == (manifest.loc[image_id, "height"],
                                                            manifest.loc[image_id, "width"])
+    # its seeds: PAR (pseudo_masks.refiner: par) instead of the CRF, in the same layout, scored as stage par
+    assert not (tiny_run / EXCEL / "crf").exists()
+    with open_stage(tiny_run / EXCEL / "cams/train/00000.h5") as handle:
+        first = get_image(handle, ids[0])
+    with open_stage(tiny_run / EXCEL / "par/train/00000.h5") as handle:
+        seeds = get_image(handle, ids[0])
+    assert seeds["labels"].shape == (first["height"], first["width"]) and seeds["labels"].dtype == np.uint8
+    assert seeds["confidence"].dtype == np.float16
+    assert set(np.unique(seeds["labels"])) <= {0, *(first["keys"] + 1).tolist()}
     summary = pd.read_csv(tiny_run / RUN / "tables/summary.csv")
-    assert {"cam_alpha1", "cam_initial_alpha1", "crf"} <= set(summary[summary["method"] == "excel"]["stage"])
+    assert {"cam_alpha1", "cam_initial_alpha1", "par"} <= set(summary[summary["method"] == "excel"]["stage"])
 
 
 def test_semples_writes_the_method_contract_and_its_training_stages(tiny_run):
@@ -288,8 +297,9 @@ RUN_LEVEL = {"summary": set(), "per_class_iou": set(), "rule_times": set(), "run
                               "train_segmenter": {"clip_es"}, "predict": {"clip_es"}, "evaluate_segmenter": {"clip_es"},
                               "export_predictions": {"clip_es"}, "training_figure": {"clip_es"},
                               "clip_es_gradcam": {"clip_es_logit"}, "excel_cams": {"excel"},
+                              "par": {"excel"},  # the tiny ExCEL instance's seeds
                               **{rule: {"clip_es", "clip_es_logit", "excel"}
-                                 for rule in ("crf", "evaluate_cams", "evaluate_pseudo_masks", "export_pseudo_masks",
+                                 for rule in ("evaluate_cams", "evaluate_pseudo_masks", "export_pseudo_masks",
                                               "figures")},
                               **RUN_LEVEL}),
     ],

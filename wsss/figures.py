@@ -137,14 +137,14 @@ def sample_strips_figure(rows: Sequence[Sequence[tuple[str, np.ndarray]]], row_n
 
 def confidence_figure(counts: np.ndarray, ignored: float, threshold: float, path: str | os.PathLike,
                       title: str) -> None:
-    """Histogram (counts over equal bins of 0..1) of the CRF's per-pixel confidence, with the threshold
+    """Histogram (counts over equal bins of 0..1) of the refiner's per-pixel confidence, with the threshold
     below which pixels are ignored and the fraction ``ignored`` they make up."""
     figure, axis = plt.subplots(figsize=(5, 3))
     edges = np.linspace(0.0, 1.0, len(counts) + 1)
     axis.stairs(counts, edges, fill=True, color="#4c72b0")
     axis.axvline(threshold, color="#c44e52", linestyle="--", label=f"ignored below {threshold:g}")
     axis.set_title(f"{title}: {100 * ignored:.1f}% of all pixels ignored", fontsize=9)
-    axis.set_xlabel("confidence (max CRF probability)", fontsize=8)
+    axis.set_xlabel("confidence (the winning class's probability or share)", fontsize=8)
     axis.set_ylabel("pixels (log scale)", fontsize=8)
     axis.set_yscale("log")
     axis.legend(fontsize=8)

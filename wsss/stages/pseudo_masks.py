@@ -25,6 +25,11 @@ def crf_config(section: Mapping[str, Any], confidence_threshold: float | None = 
     return CrfConfig.from_dict({**section, "confidence": confidence_threshold})
 
 
+def recipe_refiner(pseudo_masks: Mapping[str, Any]) -> str:
+    """The refiner of a pseudo-mask recipe, and the name of its stage: crf (the default) or par."""
+    return pseudo_masks.get("refiner", "crf")
+
+
 def recipe_threshold(pseudo_masks: Mapping[str, Any]) -> float:
     """The confidence below which a pseudo-mask pixel is ignored (null: the CRF mode's own rule)."""
     return float(crf_config(pseudo_masks["crf"], pseudo_masks.get("confidence_threshold")).confidence)

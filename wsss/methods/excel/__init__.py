@@ -48,8 +48,12 @@ DEFAULTS: dict[str, Any] = {
         "box_border": "faithful",
         "empty_box": "zeros",
     },
-    # masks: the dense CRF on the plain RGB image, float32 upsampling, no confidence rule (no 255 pixels)
-    "pseudo_masks": {"crf": {"mode": "prob_unary", "image_mode": "rgb", "faithful_upsample": False},
+    # masks: the dense CRF on the plain RGB image, float32 upsampling, no confidence rule (no 255 pixels);
+    # refiner "par" gives the reference's seeds instead (PAR on the resized input, wsss/stages/par.py)
+    "pseudo_masks": {"refiner": "crf",
+                     "crf": {"mode": "prob_unary", "image_mode": "rgb", "faithful_upsample": False},
+                     "par": {"iterations": 20, "dilations": [1, 2, 4, 8, 12, 24], "w_image": 0.3, "w_pos": 0.01,
+                             "image": "resized_input", "input_size": 320},
                      "confidence_threshold": 0.0},
 }
 
