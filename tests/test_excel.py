@@ -12,6 +12,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from tests.test_gradcam import TINY as TINY_GRADCAM_CLIP  # the same tiny ViT as the GradCAM tests
 from wsss.clip.factory import build_clip
 from wsss.clip.transformer import attention_parts, encode_image_tokens
 from wsss.methods.excel.attributes import (
@@ -25,18 +26,10 @@ from wsss.methods.excel.similarity import feature_surgery, normalise_features, t
 from wsss.methods.excel.surgery import layer_mix, self_correlation, surgery_forward
 from wsss.par import ParConfig, par_affinity, par_refine
 
-TINY = {
-    "embed_dim": 32,
-    "quick_gelu": True,
-    "vision_cfg": {"image_size": 64, "layers": 3, "width": 64, "patch_size": 16, "head_width": 16},
-    "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 64, "heads": 4, "layers": 1},
-}
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return build_clip(copy.deepcopy(TINY)).eval().requires_grad_(False)
+    return build_clip(copy.deepcopy(TINY_GRADCAM_CLIP)).eval().requires_grad_(False)
 
 
 @pytest.fixture(scope="module")

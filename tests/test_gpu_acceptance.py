@@ -71,9 +71,10 @@ def test_quick_mode_passes_every_check_and_records_the_figures(quick_run):
 
     workflow = report["figures"]["4 workflow"]
     assert workflow["cpu"]["rc"] == 0 and "gpu" not in workflow and "gpu_vs_cpu" not in workflow
-    # every GPU rule ran (the demo CLIP, text features, GradCAM, four SemPLeS stages and CAMs, segmenter, prediction)
+    # every GPU rule ran: the demo CLIP, two text features (CLIP-ES's and ExCEL's fp32), GradCAM, four SemPLeS
+    # stages and CAMs, ExCEL's attribute bank and CAMs, segmenter, prediction
     lines = workflow["cpu"]["slot_lines"]
-    assert len(lines) == workflow["cpu"]["gpu_jobs"] == 10
+    assert len(lines) == workflow["cpu"]["gpu_jobs"] == 13
     assert {job.split()[0] for job in lines} >= {"train_demo_clip", "semples_refine", "train_segmenter", "predict"}
     assert all(line == ["", "no CUDA device"] for line in lines.values())
 

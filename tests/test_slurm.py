@@ -28,8 +28,8 @@ pytestmark = pytest.mark.slurm
 # the tiny config's clip_es keeps its affinity (clip_es_gradcam_keep_affinity); clip_es_logit does not
 GPU_RULES = {"train_demo_clip", "text_features", "clip_es_gradcam", "clip_es_gradcam_keep_affinity",
              "train_segmenter", "predict", "semples_phase1", "semples_match", "semples_prompts", "semples_refine",
-             "semples_cams"}
-CPU_RULES = {"generate_demo_world", "manifest", "clip_es_caa", "crf", "evaluate_cams", "export_pseudo_masks",
+             "semples_cams", "excel_attribute_bank", "excel_cams"}
+CPU_RULES = {"generate_demo_world", "manifest", "clip_es_caa", "crf", "par", "evaluate_cams", "export_pseudo_masks",
              "export_predictions", "evaluate_pseudo_masks", "evaluate_segmenter", "figures", "training_figure"}
 COMPARED_STAGES = ("clip_es/gradcam", "clip_es/cams", "clip_es/crf", "clip_es/predictions", "clip_es_logit/cams",
                    "semples/cams", "semples/crf")
@@ -132,7 +132,8 @@ def test_workflow_on_slurm_matches_local_run(cluster, tmp_path, capsys):
             assert "gpu" not in tres, f"CPU rule job {comment} requested a GPU ({tres})"
     assert GPU_RULES <= seen, f"GPU rules missing from SLURM's records: {GPU_RULES - seen}"
     assert any("crf" in rule for rule in seen) and any("caa" in rule for rule in seen)
-    assert {"summary", "rule_times", "run_manifest", "all"}.isdisjoint(seen), "local rules must not be submitted"
+    assert {"summary", "per_class_iou", "rule_graph", "rule_times", "run_manifest", "all"}.isdisjoint(seen), \
+        "local rules must not be submitted"
 
     run = Path("results") / config["run"]
     for stage in COMPARED_STAGES:

@@ -79,8 +79,13 @@ rule excel_cams:
         runtime=res("excel_cams", "runtime", 120),
     params:
         clip=settings(config["clip"]),
+        # the bank's own settings and files reach this rule through its input, keyed by their content
         method=lambda wc: settings(
-            {key: METHODS[wc.method][key] for key in ("attributes", "cam", "caa")}
+            {
+                "attributes": excel.enrichment_settings(METHODS[wc.method]),
+                "cam": METHODS[wc.method]["cam"],
+                "caa": METHODS[wc.method]["caa"],
+            }
         ),
         shard_size=config["shard_size"],
         hdf5=settings(config["hdf5"]),

@@ -111,3 +111,8 @@ def bank_key(method: Mapping[str, Any], clip: Mapping[str, Any], classes: list[s
     settings = {"clip": dict(clip), "bank": bank, "prefix": attributes.get("descriptor_prefix"),
                 "classes": list(classes), "source": file_digest(source) if source else None}
     return params_digest(settings)[:12]
+
+
+def enrichment_settings(method: Mapping[str, Any]) -> dict[str, Any]:
+    """What the CAM step reads of ``attributes``: whether to enrich, and how (not where the bank came from)."""
+    return {key: method["attributes"][key] for key in ("enabled", "keep_fraction", "temperature", "weight")}
