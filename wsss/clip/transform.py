@@ -14,7 +14,12 @@ from PIL import Image
 
 from wsss.images import decode_image
 
-__all__ = ["image_stats", "resize_to_patch_multiple", "image_to_tensor", "preprocess_image", "preprocess_file"]
+__all__ = ["image_stats", "resize_to_patch_multiple", "image_to_tensor", "preprocess_image", "preprocess_file",
+           "IMAGENET_MEAN_255", "IMAGENET_STD_255", "normalised_square"]
+
+# ImageNet statistics on the 0-255 scale (what ExCEL feeds CLIP, and PAR's resized input)
+IMAGENET_MEAN_255 = (123.675, 116.28, 103.53)
+IMAGENET_STD_255 = (58.395, 57.12, 57.375)
 
 
 def image_stats(model: CLIP | None = None) -> tuple[tuple[float, ...], tuple[float, ...]]:
@@ -78,3 +83,13 @@ def preprocess_file(
 ) -> torch.Tensor:
     """CLIP-ES preprocessing of an image file, decoded by the pipeline's one decoder (the CRF's pixels)."""
     return preprocess_image(Image.fromarray(decode_image(path)), patch, mean, std, scale)
+
+
+def normalised_square(image: np.ndarray, size: int, mean: Sequence[float] = IMAGENET_MEAN_255,
+                      std: Sequence[float] = IMAGENET_STD_255) -> torch.Tensor:
+    """(3, size, size): a (H, W, 3) 0-255 RGB image normalised first, then resized bilinearly without antialias
+    (the aspect ratio is not kept), as ExCEL's reference does."""
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
+    x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
+    return torch.nn.functional.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False,
+                                           antialias=False)[0]

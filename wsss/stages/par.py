@@ -12,6 +12,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from wsss.clip.transform import normalised_square
 from wsss.crf import probability_stack, upsample_cams
 from wsss.datasets import read_manifest
 from wsss.h5store import image_ids, open_stage, put_image, set_image_order, skipped_images, write_stage
@@ -22,8 +23,6 @@ from wsss.shards import shard_rows
 
 log = logging.getLogger(__name__)
 
-IMAGENET_MEAN = (123.675, 116.28, 103.53)
-IMAGENET_STD = (58.395, 57.12, 57.375)
 DEFAULT_PAR = {"iterations": 20, "dilations": [1, 2, 4, 8, 12, 24], "w_image": 0.3, "w_pos": 0.01,
                "image": "resized_input", "input_size": 320}
 
@@ -43,9 +42,8 @@ def par_image(image: np.ndarray, mode: str, input_size: int) -> torch.Tensor:
     if mode != "resized_input":
         raise ValueError(f"pseudo_masks.par.image must be resized_input or original, got {mode!r}")
     height, width = x.shape[-2:]
-    x = (x - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
-    square = F.interpolate(x[None], size=(input_size, input_size), mode="bilinear", align_corners=False)
-    return F.interpolate(square, size=(height, width), mode="bilinear", align_corners=True)[0]
+    square = normalised_square(image, input_size)
+    return F.interpolate(square[None], size=(height, width), mode="bilinear", align_corners=True)[0]
 
 
 def par_labels(cams: np.ndarray, keys: np.ndarray, image: torch.Tensor, config: ParConfig,

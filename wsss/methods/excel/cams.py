@@ -10,12 +10,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from wsss import cam_shards
 from wsss.clip.affinity import refine_cams, sinkhorn_affinity
 from wsss.clip.configured import load_configured_clip
 from wsss.clip.factory import patch_size
+from wsss.clip.transform import IMAGENET_MEAN_255, IMAGENET_STD_255, normalised_square
 from wsss.datasets import read_manifest, usable_rows
 from wsss.devices import default_device
 from wsss.h5store import open_stage, set_image_order, write_stage
@@ -27,18 +27,6 @@ from wsss.progress import progress
 from wsss.shards import shard_rows
 
 log = logging.getLogger(__name__)
-
-IMAGENET_MEAN = (123.675, 116.28, 103.53)  # on 0-255 RGB, as the reference feeds CLIP
-IMAGENET_STD = (58.395, 57.12, 57.375)
-
-
-def square_input(image: np.ndarray, size: int, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
-    """(3, size, size): the 0-255 RGB image normalised first, then resized bilinearly without antialias (the
-    aspect ratio is not kept), as the reference does."""
-    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
-    x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    return F.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False, antialias=False)[0]
-
 
 def enriched_text(foreground: torch.Tensor, background: torch.Tensor, bank_path: str | Path | None,
                   attributes: Mapping[str, Any], locking: Any = None) -> torch.Tensor:
@@ -83,7 +71,7 @@ def run_excel_cams(manifest_path: str | Path, shard: str, shard_size: int, text_
         clip = {**clip, "precision": "fp32"}
     model, _, clip_mean, clip_std = load_configured_clip(clip, checkpoint, device)
     if cam["normalization"] == "imagenet":
-        mean, std = IMAGENET_MEAN, IMAGENET_STD
+        mean, std = IMAGENET_MEAN_255, IMAGENET_STD_255
     else:  # CLIP's own statistics, on the 0-255 scale
         mean, std = tuple(255 * m for m in clip_mean), tuple(255 * s for s in clip_std)
     with open_stage(text_path, locking) as stored:
@@ -98,7 +86,7 @@ def run_excel_cams(manifest_path: str | Path, shard: str, shard_size: int, text_
             progress(total=len(table), desc=f"ExCEL shard {shard}") as bar:
         for row in table.itertuples(index=False):
             keys = np.sort(np.asarray(row.labels, dtype=np.int64))  # ascending, as the reference
-            tensor = square_input(decode_image(row.image_path), int(cam["input_size"]), mean, std).to(device)
+            tensor = normalised_square(decode_image(row.image_path), int(cam["input_size"]), mean, std).to(device)
             result = excel_maps(model, tensor, text, keys, cam, caa)
             constant, empty = constant + result["constant"], empty + result["empty"]
             cam_shards.put_cams(out, row.image_id, keys, {"cam": result["cam"], "cam_initial": result["cam_initial"]},
