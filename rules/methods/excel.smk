@@ -15,6 +15,8 @@ EXCEL_BANKS = {
     name: excel.bank_key(METHODS[name], config["clip"], list(DATASET_CLASSES), EXCEL_SOURCES[name])
     for name in EXCEL
 }
+# Bank key -> the first instance (by name) with that bank, whose settings the bank rule reads.
+EXCEL_BANK_OWNER = {key: name for name, key in sorted(EXCEL_BANKS.items(), reverse=True) if key}
 
 
 rule excel_attribute_bank:
@@ -22,7 +24,7 @@ rule excel_attribute_bank:
         # a user's file (the demo's own set is part of the package, keyed by its bytes)
         descriptors=lambda wc: [
             path
-            for path in [next(EXCEL_SOURCES[n] for n in EXCEL if EXCEL_BANKS[n] == wc.bank_key)]
+            for path in [EXCEL_SOURCES[EXCEL_BANK_OWNER[wc.bank_key]]]
             if path != excel.DEMO_DESCRIPTORS
         ],
         clip=clip_input,
@@ -32,7 +34,7 @@ rule excel_attribute_bank:
     log:
         f"{OUT}/logs/excel_attribute_bank/{{bank_key}}.log",
     wildcard_constraints:
-        bank_key=one_of({key for key in EXCEL_BANKS.values() if key}),
+        bank_key=one_of(EXCEL_BANK_OWNER),
     conda:
         "../../envs/wsss.yaml"
     threads: res("excel_attribute_bank", "threads", 2)
@@ -41,9 +43,7 @@ rule excel_attribute_bank:
         mem_mb=res("excel_attribute_bank", "mem_mb", 4000),
         runtime=res("excel_attribute_bank", "runtime", 30),
     params:
-        attributes=lambda wc: settings(
-            METHODS[next(n for n in EXCEL if EXCEL_BANKS[n] == wc.bank_key)]["attributes"]
-        ),
+        attributes=lambda wc: settings(METHODS[EXCEL_BANK_OWNER[wc.bank_key]]["attributes"]),
         classes=list(DATASET_CLASSES),
         clip=settings(config["clip"]),
         hdf5=settings(config["hdf5"]),
