@@ -53,3 +53,7 @@ rule all:
     input:
         all_targets(),
         f"{OUT}/manifest.json",
+
+
+# every resources.<name> of the config names a rule (the rules' res() calls record theirs)
+support.check_resource_keys(config["resources"], RESOURCE_RULES)

@@ -7,7 +7,7 @@ rule train_demo_clip:
         world=f"{OUT}/demo_world",
         checked=checked_manifests,
     output:
-        model=f"{OUT}/clip/demo_clip.pt",
+        model=DEMO_CLIP,
         history=f"{OUT}/clip/loss_history.csv",
     log:
         f"{OUT}/logs/train_demo_clip.log",
@@ -15,10 +15,10 @@ rule train_demo_clip:
         f"{OUT}/benchmarks/train_demo_clip.tsv"
     conda:
         "../envs/wsss.yaml"
-    threads: res("train_demo_clip", "threads", 4)
+    threads: threads_of("train_demo_clip", 4, runs_alone=True)
     resources:
         gpu=GPU,
-        mem_mb=res("train_demo_clip", "mem_mb", 8000),
+        mem_mb=res("train_demo_clip", "mem_mb", 16000),
         runtime=res("train_demo_clip", "runtime", 60),
     params:
         settings=settings(config["demo_clip"]),
@@ -38,10 +38,10 @@ rule select_prompt:
         f"{OUT}/logs/select_prompt/{{text_key}}.log",
     conda:
         "../envs/wsss.yaml"
-    threads: res("select_prompt", "threads", 2)
+    threads: threads_of("select_prompt", 2)
     resources:
         gpu=GPU,
-        mem_mb=res("select_prompt", "mem_mb", 8000),
+        mem_mb=res("select_prompt", "mem_mb", 16000),
         runtime=res("select_prompt", "runtime", 60),
     params:
         clip=settings(config["clip"]),
@@ -63,11 +63,11 @@ rule text_features:
         f"{OUT}/logs/text_features/{{text_key}}.log",
     conda:
         "../envs/wsss.yaml"
-    threads: res("text_features", "threads", 2)
+    threads: threads_of("text_features", 2)
     resources:
         gpu=GPU,
-        mem_mb=res("text_features", "mem_mb", 4000),
-        runtime=res("text_features", "runtime", 15),
+        mem_mb=res("text_features", "mem_mb", 16000),
+        runtime=res("text_features", "runtime", 30),
     params:
         clip=settings(config["clip"]),
         dataset=settings(DATASET),

@@ -19,15 +19,6 @@ from wsss.classes import dataset_classes
 from wsss.cpu_features import native_bf16
 from wsss.digests import file_digest
 from wsss.method_kinds import KINDS, instances_of
-from wsss.methods.semples import (
-    class_names,
-    class_tokens,
-    final_stage,
-    imported_generator,
-    imported_phase1,
-    stage_keys,
-    stage_settings,
-)
 from wsss.shards import SHARD_PATTERN
 from wsss.stages.pseudo_masks import crf_config, recipe_refiner
 from wsss.source_digest import source_digest
@@ -44,6 +35,8 @@ if "methods" in workflow.config_settings.overwrite_config:
 
 support.check_legacy_keys(config)
 validate(config, "schemas/config.schema.yaml")
+# each method instance against its kind's own schema, rules/schemas/methods/<kind>.schema.yaml
+support.check_instance_schemas(config["methods"], WORKFLOW_ROOT / "rules" / "schemas" / "methods")
 support.check_config(config)
 
 OUT = f"{config['output_root']}/{config['run']}"
@@ -51,17 +44,21 @@ DATASET = support.dataset_settings(config, OUT)
 DATASET_CLASSES = dataset_classes(DATASET)
 METHODS = support.check_methods(config["methods"], config["dataset"]["kind"])
 if workflow.is_main_process:  # once, before any job (jobs parse the workflow again)
-    for warning in support.precision_warnings(METHODS, native_bf16()):
+    for warning in support.method_warnings(METHODS, native_bf16()):
         print(f"WARNING: {warning}", file=sys.stderr)
 PSEUDO_SPLIT = config["splits"]["pseudo"]
 EVAL_SPLIT = config["splits"]["segmenter_eval"]
 CAM_EVAL_SPLITS = config["splits"]["cam_eval"]
 USES_DEMO_CLIP = config["clip"]["model"] == "demo"
+# The CLIP the pipeline pretrains on the demo captions (rule train_demo_clip).
+DEMO_CLIP = f"{OUT}/clip/demo_clip.pt"
 SHARDS = {
     split: support.shards_of(config, DATASET, split)
     for split in {PSEUDO_SPLIT, EVAL_SPLIT} - {None}
 }
 GPU = 1 if config["resources"]["gpu_rules_use_gpu"] else 0
+# The rules whose figures config resources.<rule> may set (each rule's res() calls add it; Snakefile checks).
+RESOURCE_RULES = set()
 # Instances whose text settings are equal share one text-feature file, keyed by their digest.
 TEXT_KEYS = {
     name: support.text_key(config["clip"], method["text"])
@@ -119,7 +116,7 @@ def checked_manifests(wildcards=None):
 
 def clip_input(wildcards=None):
     """The demo CLIP checkpoint when the pipeline trains it, nothing for open_clip tags and local weights."""
-    return [f"{OUT}/clip/demo_clip.pt"] if USES_DEMO_CLIP else []
+    return [DEMO_CLIP] if USES_DEMO_CLIP else []
 
 
 def refiner_of(method):
@@ -166,8 +163,18 @@ def prompt_ranking_input(wildcards):
 
 
 def res(rule_name, key, default):
-    """A resource figure from config resources.<rule>.<key>, else the documented default."""
+    """A resource figure from config resources.<rule>.<key>, else the rule's default."""
+    RESOURCE_RULES.add(rule_name)
     return config["resources"].get(rule_name, {}).get(key, default)
+
+
+def threads_of(rule_name, default, runs_alone=False):
+    """A rule's threads: config resources.<rule>.threads, else its default capped by resources.threads_per_job
+    (not for a rule that nothing can run beside, such as the demo CLIP)."""
+    cap = config["resources"].get("threads_per_job")
+    if cap and not runs_alone:
+        default = min(default, cap)
+    return res(rule_name, "threads", default)
 
 
 def method_targets(name):
@@ -231,93 +238,8 @@ def all_targets():
     return targets
 
 
-def named_weights():
-    """Config key -> the weight file it names, for the run manifest (open_clip tags name no file)."""
-    named = {
-        "clip.pretrained": config["clip"].get("pretrained"),
-        "segmenter.train.init_path": config["segmenter"]["train"].get("init_path"),
-    }
-    for name in instances_of(METHODS, "semples"):
-        named[f"methods.{name}.weaktr.checkpoint"] = METHODS[name]["weaktr"].get("checkpoint")
-        named[f"methods.{name}.phase1.checkpoint"] = imported_phase1(METHODS[name])
-        named[f"methods.{name}.critic.pretrained"] = METHODS[name]["critic"].get("pretrained")
-    return {key: path for key, path in named.items() if path}
-
-
 def settings(value):
     """A config value with mapping keys sorted: params compare as text, so YAML key order must not matter."""
     if isinstance(value, dict):
         return {key: settings(value[key]) for key in sorted(value)}
     return value
-
-
-# SemPLeS training stages: shared between instances whose settings up to that stage are equal.
-SEMPLES_TRAINING = f"{OUT}/training/semples"
-# An imported phase-1 model (phase1.checkpoint) is keyed by its file's digest, checked here before any job.
-SEMPLES_KEYS = {
-    name: stage_keys(
-        METHODS[name],
-        {"split": PSEUDO_SPLIT, "classes": list(DATASET_CLASSES)},
-        support.phase1_digest(name, METHODS[name]),
-    )
-    for name in instances_of(METHODS, "semples")
-}
-
-
-def semples_instance(stage, key):
-    """Settings of the first SemPLeS instance whose `stage` has this key (all such instances agree)."""
-    name = next(name for name in sorted(SEMPLES_KEYS) if SEMPLES_KEYS[name].get(stage) == key)
-    return name, METHODS[name]
-
-
-def semples_model(stage, name):
-    """The model file of one of an instance's stages (phase 1: the imported file, if it names one)."""
-    if stage == "phase1" and imported_phase1(METHODS[name]):
-        return imported_phase1(METHODS[name])
-    return f"{SEMPLES_TRAINING}/{stage}/{SEMPLES_KEYS[name][stage]}/model.pt"
-
-
-def semples_params(stage):
-    """Params of a training stage: the settings it reads, of an instance with this key, keys sorted."""
-    return lambda wc: settings(stage_settings(semples_instance(stage, wc.key)[1], stage))
-
-
-def semples_class_names(stage):
-    """Params of a training stage: the class names in its CLIP text."""
-    method = lambda wc: semples_instance(stage, wc.key)[1]
-    return lambda wc: class_names(method(wc), DATASET["kind"], DATASET_CLASSES)
-
-
-def semples_tokens(stage):
-    """Params of a training stage: WeakTr's class tokens (how many, and each dataset class's slot)."""
-    method = lambda wc: semples_instance(stage, wc.key)[1]
-    return lambda wc: class_tokens(method(wc), DATASET["kind"], DATASET_CLASSES)
-
-
-def semples_imported_phase1(stage):
-    """Params of stages a and c: the geometry an imported phase-1 model loads into (None: phase 1 trained here)."""
-    method = lambda wc: semples_instance(stage, wc.key)[1]
-    return lambda wc: settings(imported_generator(method(wc), DATASET["kind"], DATASET_CLASSES))
-
-
-def critic_input(stage):
-    """The demo CLIP checkpoint when the critic is the demo CLIP (phase 1: only to start from its tower)."""
-
-    def files(wc):
-        method = semples_instance(stage, wc.key)[1]
-        if stage == "phase1" and method["weaktr"]["init"] != "critic":
-            return []
-        return [f"{OUT}/clip/demo_clip.pt"] if method["critic"]["model"] == "demo" else []
-
-    return files
-
-
-def deit_input(wc):
-    """The local DeiT checkpoint phase 1 starts from (weaktr.init deit)."""
-    weaktr = semples_instance("phase1", wc.key)[1]["weaktr"]
-    return [weaktr["checkpoint"]] if weaktr["init"] == "deit" else []
-
-
-def stage_key_pattern(stage):
-    """A wildcard pattern matching the keys of one training stage over all SemPLeS instances."""
-    return one_of({keys[stage] for keys in SEMPLES_KEYS.values() if stage in keys})

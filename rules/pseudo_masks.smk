@@ -15,12 +15,15 @@ rule crf:
         f"{OUT}/{{method}}/benchmarks/crf/{{split}}/{{shard}}.tsv"
     wildcard_constraints:
         method=one_of({name for name in METHODS if refiner_of(name) == "crf"}),
+    # SLURM bundles the per-shard refiners (profiles/slurm group-components)
+    group:
+        "refined_shards"
     conda:
         "../envs/wsss.yaml"
-    threads: res("crf", "threads", 2)
+    threads: threads_of("crf", 2)
     resources:
-        mem_mb=lambda wc, attempt: res("crf", "mem_mb", 4000) * attempt,
-        runtime=res("crf", "runtime", 120),
+        mem_mb=lambda wc, attempt: res("crf", "mem_mb", 3000) * attempt,
+        runtime=res("crf", "runtime", 20),
     params:
         # the confidence threshold is applied downstream, so changing it does not rerun the CRF
         crf=lambda wc: settings(METHODS[wc.method]["pseudo_masks"]["crf"]),
@@ -44,12 +47,15 @@ rule par:
         f"{OUT}/{{method}}/benchmarks/par/{{split}}/{{shard}}.tsv"
     wildcard_constraints:
         method=one_of({name for name in METHODS if refiner_of(name) == "par"}),
+    # like the CRF
+    group:
+        "refined_shards"
     conda:
         "../envs/wsss.yaml"
-    threads: res("par", "threads", 2)
+    threads: threads_of("par", 2)
     resources:
-        mem_mb=lambda wc, attempt: res("par", "mem_mb", 4000) * attempt,
-        runtime=res("par", "runtime", 120),
+        mem_mb=lambda wc, attempt: res("par", "mem_mb", 3000) * attempt,
+        runtime=res("par", "runtime", 20),
     params:
         # the confidence threshold is applied downstream, so changing it does not rerun PAR
         pseudo_masks=lambda wc: settings(

@@ -194,7 +194,7 @@ rule run_manifest:
     params:
         run_dir=lambda wc, output: os.path.dirname(output[0]),
         config=settings(config),
-        weights=named_weights(),
+        weights=support.named_files(config, METHODS),
         code=code_digest("run_manifest.py"),
     script:
         "../workflow_scripts/run_manifest.py"

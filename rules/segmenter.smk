@@ -18,10 +18,10 @@ rule train_segmenter:
         method=one_of(SEGMENTER_METHODS),
     conda:
         "../envs/wsss.yaml"
-    threads: res("train_segmenter", "threads", 8)
+    threads: threads_of("train_segmenter", 8)
     resources:
         gpu=GPU,
-        mem_mb=res("train_segmenter", "mem_mb", 16000),
+        mem_mb=res("train_segmenter", "mem_mb", 64000),
         runtime=res("train_segmenter", "runtime", 1440),
     params:
         train=settings(config["segmenter"]["train"]),
@@ -50,11 +50,11 @@ rule predict:
         method=one_of(SEGMENTER_METHODS),
     conda:
         "../envs/wsss.yaml"
-    threads: res("predict", "threads", 8)
+    threads: threads_of("predict", 8)
     resources:
         gpu=GPU,
-        mem_mb=res("predict", "mem_mb", 8000),
-        runtime=res("predict", "runtime", 120),
+        mem_mb=res("predict", "mem_mb", 32000),
+        runtime=res("predict", "runtime", 240),
     params:
         predict=settings(config["segmenter"]["predict"]),
         shard_size=config["shard_size"],

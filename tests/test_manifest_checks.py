@@ -14,7 +14,7 @@ from wsss.h5store import open_stage, skipped_images, write_stage
 from wsss.stages.data import write_split_manifest
 from wsss.tables import image_counts
 from wsss.method_kinds import resolve_methods
-from wsss.workflow_support import ConfigError, count_images, precision_warnings
+from wsss.workflow_support import ConfigError, count_images, method_warnings
 
 CLASSES = ["cat", "dog"]
 
@@ -171,11 +171,11 @@ def test_bf16_cams_on_a_cpu_without_bf16_are_warned_about_naming_the_key():
     methods = resolve_methods({"fast": {"kind": "clip_es", "cam": {"precision": "bf16"}},
                                "plain": {"kind": "clip_es", "cam": {"precision": "fp32"}},
                                "semples": {"kind": "semples"}})
-    warnings = precision_warnings(methods, native_bf16=False)  # the capability check, faked
+    warnings = method_warnings(methods, native_bf16=False)  # the capability check, faked
     assert len(warnings) == 1
     assert warnings[0].startswith("methods.fast.cam.precision: bf16 runs emulated on this CPU")
     assert "never faithful" in warnings[0]
-    assert precision_warnings(methods, native_bf16=True) == []
+    assert method_warnings(methods, native_bf16=True) == []
 
 
 def test_the_workflow_prints_the_bf16_warning_before_any_job_on_such_a_cpu(tmp_path):

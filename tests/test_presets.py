@@ -10,6 +10,7 @@ from snakemake.utils import update_config, validate
 
 from tests.workflow_helpers import REPO
 from wsss.method_kinds import resolve_methods
+from wsss.workflow_support import check_instance_schemas
 
 PRESETS = {"voc": 0.4, "coco": 0.7, "custom": 0.4}  # preset -> CLIP-ES box threshold
 # config.yaml tunes the shared segmenter for the demo world's thin ResNet-18
@@ -41,6 +42,7 @@ def test_preset_states_every_key_of_the_demo_tuned_segmenter(preset):
 def test_resolved_preset_is_valid_and_runs_clip_es_as_published(preset):
     config = resolved(preset)
     validate(config, str(REPO / "rules" / "schemas" / "config.schema.yaml"))
+    check_instance_schemas(config["methods"], REPO / "rules" / "schemas" / "methods")
     assert config["clip"]["model"] == "ViT-B-16-quickgelu"  # OpenAI's weights: QuickGELU (issue: CAM stage)
     methods = resolve_methods(config["methods"])
     assert list(methods) == ["clip_es"], "a preset runs clip_es only, never the demo's ablations"
@@ -98,6 +100,7 @@ def test_semples_preset_runs_beside_clip_es_with_the_release_settings(dataset):
     update_config(config, extra)
     config["methods"] = {**config["methods"], **copy.deepcopy(extra["methods"])}
     validate(config, str(REPO / "rules" / "schemas" / "config.schema.yaml"))
+    check_instance_schemas(config["methods"], REPO / "rules" / "schemas" / "methods")
     methods = resolve_methods(config["methods"])
     assert sorted(methods) == ["clip_es", "semples"]
     method = methods["semples"]

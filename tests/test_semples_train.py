@@ -312,20 +312,24 @@ def test_every_semples_key_of_the_schema_is_read(tmp_path, monkeypatch):
     import yaml
     from timm.models.vision_transformer import VisionTransformer
 
-    from wsss import workflow_support
     from wsss.clip import configured
     from wsss.crf import CrfConfig, CrfParams
     from wsss.digests import file_digest
     from wsss.methods.semples import class_names, class_tokens, final_stage, stage_keys
     from wsss.methods.semples.cams import run_cams
+    from wsss.methods.semples.checks import check_instance, phase1_digest
     from wsss.methods.semples.train import load_phase1, train_prompts, train_refine
     from wsss.stages.par import DEFAULT_PAR, par_settings
     from wsss.stages.pseudo_masks import recipe_refiner, recipe_threshold
-    from wsss.workflow_support import _check_semples
 
     repo = Path(__file__).resolve().parents[1]
-    schema = yaml.safe_load((repo / "rules" / "schemas" / "config.schema.yaml").read_text())
-    leaves = _schema_leaves(schema, schema["$defs"]["semples"])
+    # the kind's own schema, with the keys every instance shares (config.schema.yaml, methods) followed there
+    shared = yaml.safe_load((repo / "rules" / "schemas" / "config.schema.yaml").read_text())
+    schema = yaml.safe_load((repo / "rules" / "schemas" / "methods" / "semples.schema.yaml").read_text())
+    tail_keys = shared["properties"]["methods"]["additionalProperties"]["properties"]
+    schema["properties"].update({key: tail_keys[key] for key in ("segmenter", "pseudo_masks")})
+    schema["$defs"].update(shared["$defs"])
+    leaves = _schema_leaves(schema, schema)
 
     manifest, names = _tiny_manifest(tmp_path), ["a", "b", "c"]
     settings = resolve_settings(CLIP_SETTINGS)
@@ -347,7 +351,7 @@ def test_every_semples_key_of_the_schema_is_read(tmp_path, monkeypatch):
 
     seen: set[str] = set()
     rec = _ReadRecorder(method, seen)
-    _check_semples("s", rec, "demo")
+    check_instance("s", rec, "demo")
     tokens = class_tokens(rec, "demo", names)
     train_phase1(manifest, 3, rec, tmp_path / "p1.pt", tmp_path / "p1", clip_checkpoint=[clip], tokens=tokens)
     train_match(manifest, tmp_path / "p1.pt", [clip], class_names(rec, "demo", names), rec, tmp_path / "a.pt",
@@ -363,7 +367,7 @@ def test_every_semples_key_of_the_schema_is_read(tmp_path, monkeypatch):
     par_settings(rec["pseudo_masks"])
     # a phase-1 model imported by file: checked and digested before any job, keyed by its digest
     imported = _ReadRecorder({**method, "phase1": {**method["phase1"], "checkpoint": str(deit)}}, seen)
-    stage_keys(imported, {"split": "train"}, workflow_support.phase1_digest("s", imported))
+    stage_keys(imported, {"split": "train"}, phase1_digest("s", imported))
     with pytest.raises(ValueError, match="not a WeakTr checkpoint"):
         load_phase1(deit, imported_generator(imported, "demo", names))
 

@@ -11,6 +11,7 @@ Where SLURM cannot be started (not root, no packages) the test skips loudly; in 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -70,18 +71,22 @@ def cluster(tmp_path_factory):
 
 
 def ci_profile(directory: Path) -> Path:
-    """The repository's SLURM profile with resources shrunk to the 2-CPU test node and squeue status checks."""
-    profile = yaml.safe_load((REPO / "profiles/slurm/config.yaml").read_text())
+    """The repository's SLURM profile with every rule's resources shrunk to the 2-CPU test node (one CPU per GPU
+    job, as before the rules stated their own) and squeue status checks."""
+    source = REPO / "profiles" / "slurm"
+    profile = yaml.safe_load((source / "config.yaml").read_text())
     profile.update({"slurm-status-command": "squeue", "slurm-init-seconds-before-status-checks": 2,
                     "slurm-keep-successful-logs": True, "latency-wait": 5, "cores": 2, "jobs": 4,
                     "retries": 0, "keep-going": False})
     profile["default-resources"].update(mem_mb=300, runtime=10)
-    for resources in profile["set-resources"].values():
-        resources["mem_mb"] = 500
-        resources["runtime"] = 10
-        if "cpus_per_gpu" in resources:
-            resources["cpus_per_gpu"] = 1
+    rules = set()
+    for rule_file in [*(REPO / "rules").glob("*.smk"), *(REPO / "rules").glob("*/*.smk")]:
+        rules |= set(re.findall(r'res\("(\w+)", "mem_mb"', rule_file.read_text()))
+    assert GPU_RULES - {"clip_es_gradcam_keep_affinity"} <= rules
+    profile["set-resources"] = {rule: {"mem_mb": 500, "runtime": 10, **({"cpus_per_gpu": 1} if rule in GPU_RULES else {})}
+                                for rule in sorted(rules | {"clip_es_gradcam_keep_affinity"})}  # a rule's copy
     directory.mkdir(parents=True, exist_ok=True)
+    shutil.copy(source / profile["slurm-partition-config"], directory)
     (directory / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))
     return directory
 

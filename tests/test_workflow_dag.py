@@ -205,10 +205,11 @@ def test_every_rule_digests_the_script_it_runs():
 
 
 def _declared_threads(result) -> dict[str, set[int]]:
-    """Rule -> the thread counts of its jobs in a dry run (a job block without a threads line has 1)."""
+    """Rule -> the thread counts of its jobs in a dry run (a job block without a threads line has 1; a dry run
+    shows the jobs of a group indented)."""
     threads: dict[str, set[int]] = {}
-    for block in re.split(r"\n(?=(?:local)?rule \w+:)", result.stdout + result.stderr):
-        name = re.match(r"(?:local)?rule (\w+):", block)
+    for block in re.split(r"\n(?=[ ]*(?:local)?rule \w+:)", result.stdout + result.stderr):
+        name = re.match(r"[ ]*(?:local)?rule (\w+):", block)
         if name:
             count = re.search(r"^\s+threads: (\d+)$", block, re.MULTILINE)
             threads.setdefault(name.group(1), set()).add(int(count.group(1)) if count else 1)
@@ -231,37 +232,77 @@ def _torch_rules() -> dict[str, str]:
     return rules
 
 
-def test_torch_rules_declare_threads_and_slurm_gives_gpu_rules_as_many_cpus(tmp_path):
+def _declared_resources(result) -> dict[str, dict[str, str]]:
+    """Rule -> the resources line of its first job in a dry run (name -> value as printed)."""
+    resources: dict[str, dict[str, str]] = {}
+    for block in re.split(r"\n(?=[ ]*(?:local)?rule \w+:)", result.stdout + result.stderr):
+        name = re.match(r"[ ]*(?:local)?rule (\w+):", block)
+        line = re.search(r"^\s+resources: (.+)$", block, re.MULTILINE)
+        if name and line and name.group(1) not in resources:
+            resources[name.group(1)] = dict(item.split("=", 1) for item in line.group(1).split(", "))
+    return resources
+
+
+class _FakeJob:
+    """What the SLURM plugin's partition choice reads of a job: its name, threads and resources."""
+
+    def __init__(self, name: str, threads: int, resources: dict):
+        self.name, self.threads = name, threads
+        self.resources = type("Resources", (dict,), {"__getattr__": dict.get})(resources)
+
+
+def test_rules_state_their_own_threads_and_the_slurm_profile_names_no_rule(tmp_path):
+    """A kind's rules need no profile entry: each states threads, memory and runtime, GPU rules gpu=GPU, and the
+    SLURM plugin picks the partition from partitions.yaml (GPU jobs: the gpu partition; CPU jobs: cpu)."""
+    from snakemake_executor_plugin_slurm.partitions import get_best_partition, read_partition_file
+
     result = snakemake(tmp_path, "-n", "--cores", "64", config=REPO / "config.yaml")
-    threads = _declared_threads(result)
-    profile = yaml.safe_load((REPO / "profiles" / "slurm" / "config.yaml").read_text())["set-resources"]
+    threads, resources = _declared_threads(result), _declared_resources(result)
     gpu_rules = set()
     for name, block in _torch_rules().items():
-        assert re.search(rf'threads: res\("{name}", "threads", \d+\)', block), \
-            f"rule {name} declares threads: from the config (resources.{name}.threads)"
+        assert re.search(rf'threads: threads_of\("{name}", \d+(, runs_alone=True)?\)', block), \
+            f"rule {name} declares threads: through threads_of (resources.{name}.threads in the config)"
+        assert f'res("{name}", "mem_mb"' in block and f'res("{name}", "runtime"' in block, name
         if "gpu=GPU" in block:
             gpu_rules.add(name)
-    assert {"clip_es_gradcam", "text_features", "predict", "train_segmenter"} <= gpu_rules
-    for rule in gpu_rules:
-        assert rule in profile, f"profiles/slurm has no partition/GPU entry for {rule}"
-        if rule in threads:  # scheduled by the demo config
-            assert threads[rule] == {profile[rule]["cpus_per_gpu"]}, \
-                f"{rule}: SLURM gives {profile[rule]['cpus_per_gpu']} CPUs per GPU, the rule runs {threads[rule]}"
+    assert {"clip_es_gradcam", "text_features", "predict", "train_segmenter", "semples_phase1", "excel_cams"} <= gpu_rules
     assert threads["clip_es_gradcam"] == {8} and threads["clip_es_caa"] == {1}
+
+    profile_dir = REPO / "profiles" / "slurm"
+    profile = yaml.safe_load((profile_dir / "config.yaml").read_text())
+    assert not {"set-resources", "set-threads", "groups"} & set(profile), "profiles/slurm lists rules by hand"
+    components = {entry.split("=")[0] for entry in profile["group-components"]}
+    declared_groups = set()
+    for rule_file in [*(REPO / "rules").glob("*.smk"), *(REPO / "rules").glob("*/*.smk")]:
+        declared_groups |= set(re.findall(r'^    group:\s+"(\w+)"', rule_file.read_text(), re.MULTILINE))
+    assert declared_groups == components == {"cam_shards", "refined_shards"}
+
+    partitions = read_partition_file(profile_dir / profile["slurm-partition-config"])
+    logger = type("Logger", (), {"info": print, "warning": print, "debug": lambda *args: None})()
+    for rule, figures in resources.items():
+        job = _FakeJob(rule, max(threads.get(rule, {1})), {key: int(value) if value.isdigit() else value
+                                                          for key, value in figures.items()})
+        wanted = "gpu" if rule in gpu_rules else "cpu"
+        assert (figures.get("gpu") == "1") == (rule in gpu_rules), f"{rule}: {figures}"
+        assert get_best_partition(partitions, job, logger) == wanted, f"{rule} ({figures}) is not sent to {wanted}"
 
 
 def test_the_cpu_profile_runs_torch_jobs_on_one_thread_each_after_the_demo_clip(tmp_path):
     # make demo's profile: on 2 cores, two one-thread jobs side by side beat one two-thread job
+    import subprocess
+    import sys
+
     cpu_profile = REPO / "profiles" / "cpu"
-    result = snakemake(tmp_path, "-n", "--cores", "2", "--workflow-profile", str(cpu_profile),
-                       config=REPO / "config.yaml")
+    # as `make demo` runs it: the embedded config, the profile's threads.yaml over it
+    result = subprocess.run([sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "--directory",
+                             str(tmp_path), "-n", "--cores", "2", "--workflow-profile", str(cpu_profile)],
+                            capture_output=True, text=True, check=True)
     threads = _declared_threads(result)
     torch_rules = set(_torch_rules())
-    set_threads = yaml.safe_load((cpu_profile / "config.yaml").read_text())["set-threads"]
-    # every torch rule but the demo CLIP, and the CRF's process pool
-    assert set(set_threads) == torch_rules - {"train_demo_clip"} | {"crf"}, "profiles/cpu misses a rule"
+    assert "set-threads" not in yaml.safe_load((cpu_profile / "config.yaml").read_text()), \
+        "profiles/cpu lists rules by hand"
     scheduled = (torch_rules | {"crf"}) & set(threads) - {"train_demo_clip"}
-    assert {"clip_es_gradcam", "semples_phase1", "train_segmenter", "predict", "crf"} <= scheduled
+    assert {"clip_es_gradcam", "semples_phase1", "excel_cams", "train_segmenter", "predict", "crf"} <= scheduled
     assert all(threads[rule] == {1} for rule in scheduled), {rule: threads[rule] for rule in scheduled}
     assert threads["train_demo_clip"] == {2}  # nothing can run beside it: both cores
 

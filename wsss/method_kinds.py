@@ -6,7 +6,10 @@ the shared tail (CRF, segmenter, evaluation) does the rest. Each kind is a subpa
 step, plus a rule file ``rules/methods/<kind>.smk``. A config's ``methods:`` maps instance names to a
 kind plus what differs from its defaults.
 
-Registering a kind is its line in ``KINDS``. The registry lives outside ``wsss/methods/`` and imports
+Registering a kind is its line in ``KINDS``. A kind may also have a module ``checks`` with parse-time hooks,
+each optional: ``check_instance(name, settings, dataset_kind)`` raises ValueError naming the key of a setting
+that cannot work, ``instance_warnings(name, settings, native_bf16)`` returns warnings, and
+``named_files(name, settings)`` maps config keys to the files the run manifest records. The registry lives outside ``wsss/methods/`` and imports
 the kinds by name, only when their defaults are needed (at parse time): a job that runs one kind's
 code imports no other kind, so registering or editing a kind changes no other kind's code digest.
 """
@@ -15,7 +18,8 @@ from __future__ import annotations
 
 import copy
 import importlib
-from collections.abc import Mapping
+import importlib.util
+from collections.abc import Callable, Mapping
 from typing import Any
 
 KINDS: tuple[str, ...] = ("clip_es", "semples", "excel")
@@ -28,6 +32,14 @@ RESERVED_NAMES = frozenset({"attributes", "benchmarks", "clip", "demo_world", "f
 def kind_defaults(kind: str) -> Mapping[str, Any]:
     """A registered kind's published defaults (``DEFAULTS`` of ``wsss.methods.<kind>``)."""
     return importlib.import_module(f"wsss.methods.{kind}").DEFAULTS
+
+
+def kind_hook(kind: str, hook: str) -> Callable[..., Any] | None:
+    """A parse-time function of a kind's ``checks`` module (``wsss.methods.<kind>.checks``), None if it has none."""
+    module = f"wsss.methods.{kind}.checks"
+    if importlib.util.find_spec(module) is None:
+        return None
+    return getattr(importlib.import_module(module), hook, None)
 
 
 def merged(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
@@ -47,11 +59,16 @@ def resolve_methods(instances: Mapping[str, Mapping[str, Any]]) -> dict[str, dic
     for name, instance in instances.items():
         if name in RESERVED_NAMES:
             raise ValueError(f"methods.{name}: the name is taken by a shared output folder ({sorted(RESERVED_NAMES)})")
-        kind = instance.get("kind")
-        if kind not in KINDS:
-            raise ValueError(f"methods.{name}.kind: unknown method kind {kind!r} (known: {sorted(KINDS)})")
-        resolved[name] = merged(kind_defaults(kind), instance)
+        resolved[name] = merged(kind_defaults(kind_of(name, instance)), instance)
     return resolved
+
+
+def kind_of(name: str, instance: Mapping[str, Any]) -> str:
+    """An instance's kind, which must be registered."""
+    kind = instance.get("kind")
+    if kind not in KINDS:
+        raise ValueError(f"methods.{name}.kind: unknown method kind {kind!r} (known: {sorted(KINDS)})")
+    return kind
 
 
 def instances_of(methods: Mapping[str, Mapping[str, Any]], kind: str) -> list[str]:

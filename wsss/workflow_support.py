@@ -13,8 +13,9 @@ from typing import Any
 import yaml
 
 from wsss.datasets import split_ids, split_source
-from wsss.digests import file_digest, params_digest
-from wsss.method_kinds import merged, resolve_methods
+from wsss.digests import params_digest
+from wsss.clip import looks_like_path
+from wsss.method_kinds import kind_hook, kind_of, merged, resolve_methods
 from wsss.shards import shard_names
 
 
@@ -101,41 +102,73 @@ def check_config(config: Mapping[str, Any]) -> None:
             raise ConfigError(str(error)) from None
 
 
+def check_instance_schemas(instances: Mapping[str, Any], schema_dir: str | Path) -> None:
+    """Check each method instance against its kind's own schema, ``<schema_dir>/<kind>.schema.yaml``.
+
+    The config schema checks only what every instance shares (``kind``, ``segmenter``, ``pseudo_masks``), so
+    a kind brings its settings' schema in its own file; the error names the instance's key.
+    """
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    for name, instance in instances.items():
+        try:
+            kind = kind_of(name, instance)
+        except ValueError as error:
+            raise ConfigError(str(error)) from None
+        path = Path(schema_dir) / f"{kind}.schema.yaml"
+        if not path.is_file():
+            raise ConfigError(f"methods.{name}.kind: the kind {kind!r} has no schema file {path}")
+        error = best_match(Draft202012Validator(yaml.safe_load(path.read_text())).iter_errors(dict(instance)))
+        if error is not None:
+            key = ".".join(["methods", name, *(str(part) for part in error.absolute_path)])
+            raise ConfigError(f"{key}: {error.message} (schema: {path.name})")
+
+
 def check_methods(instances: Mapping[str, Any], dataset_kind: str = "demo") -> dict[str, dict[str, Any]]:
-    """Resolve the method instances and check what the schema cannot; return the resolved settings."""
+    """Resolve the method instances and run each kind's own checks (``check_instance``); return the settings."""
     try:
         methods = resolve_methods(instances)
+        for name, method in methods.items():
+            check = kind_hook(method["kind"], "check_instance")
+            if check is not None:
+                check(name, method, dataset_kind)
     except ValueError as error:
         raise ConfigError(str(error)) from None
-    for name, method in methods.items():
-        if method["kind"] == "clip_es":
-            _check_clip_es(name, method)
-        elif method["kind"] == "semples":
-            _check_semples(name, method, dataset_kind)
-        elif method["kind"] == "excel":
-            _check_excel(name, method, dataset_kind)
     return methods
 
 
-def precision_warnings(methods: Mapping[str, Any], native_bf16: bool) -> list[str]:
-    """Precision settings that this machine's CPU would run emulated, each naming its key (empty: none)."""
-    if native_bf16:
-        return []
-    return [f"methods.{name}.cam.precision: bf16 runs emulated on this CPU (no avx512_bf16, amx_bf16 or Arm bf16): "
-            "about ten times slower than fp32 in the CAM step, and never faithful; use fp32 or faithful on this CPU "
-            "(bf16 is fast on CUDA and on CPUs with native bf16)"
-            for name, method in sorted(methods.items())
-            if method["kind"] == "clip_es" and method["cam"]["precision"] == "bf16"]
+def method_warnings(methods: Mapping[str, Any], native_bf16: bool) -> list[str]:
+    """Each kind's warnings about its instances (e.g. bf16 emulated on this CPU), each naming its key."""
+    warnings = []
+    for name, method in sorted(methods.items()):
+        warn = kind_hook(method["kind"], "instance_warnings")
+        if warn is not None:
+            warnings += warn(name, method, native_bf16)
+    return warnings
+
+
+def named_files(config: Mapping[str, Any], methods: Mapping[str, Any]) -> dict[str, str]:
+    """Config key -> every weight or data file the config names, for the run manifest (tags name no file)."""
+    named = {
+        "clip.pretrained": config["clip"].get("pretrained"),
+        "segmenter.train.init_path": ((config.get("segmenter") or {}).get("train") or {}).get("init_path"),
+    }
+    for name, method in sorted(methods.items()):
+        files = kind_hook(method["kind"], "named_files")
+        if files is not None:
+            named.update(files(name, method))
+    return {key: str(path) for key, path in named.items() if path}
 
 
 def check_weights(config: Mapping[str, Any], trains_segmenter: bool) -> None:
-    """Weight files the config names must exist before any job starts (the SemPLeS ones: check_methods).
+    """Weight files the config names must exist before any job starts (an instance's: check_methods).
 
     ImageNet weights without an ``init_path`` are looked up in the torch hub cache of the machine that
     trains, which may not be this one, so only named files are checked here.
     """
     pretrained = config["clip"].get("pretrained")
-    if config["clip"]["model"] != "demo" and pretrained and _looks_like_path(pretrained) \
+    if config["clip"]["model"] != "demo" and pretrained and looks_like_path(pretrained) \
             and not Path(pretrained).is_file():
         raise ConfigError(f"clip.pretrained: file not found: {pretrained}")
     if not trains_segmenter:
@@ -149,6 +182,18 @@ def check_weights(config: Mapping[str, Any], trains_segmenter: bool) -> None:
                           "checkpoint; it is never downloaded)")
 
 
+# Settings of the resources section that are no rule's name.
+RESOURCE_SETTINGS = ("gpu_rules_use_gpu", "threads_per_job")
+
+
+def check_resource_keys(resources: Mapping[str, Any], rules: set[str]) -> None:
+    """Every other key of the config's resources section must name a rule that reads its figures."""
+    unknown = sorted(set(resources) - set(RESOURCE_SETTINGS) - rules)
+    if unknown:
+        raise ConfigError(f"resources.{unknown[0]}: no rule of this workflow is named {unknown[0]!r} "
+                          f"(rules with resources: {', '.join(sorted(rules))})")
+
+
 def check_oracles(oracles: set[str], methods: Mapping[str, Any], cam_eval_splits: list[str] | None) -> None:
     """gt_select needs ground truth to choose on and a threshold to choose (a label-unary recipe)."""
     for name in sorted(oracles):
@@ -157,71 +202,6 @@ def check_oracles(oracles: set[str], methods: Mapping[str, Any], cam_eval_splits
         if methods[name]["pseudo_masks"]["crf"].get("mode") != "label_unary":
             raise ConfigError(f"methods.{name}.gt_select chooses the label-unary background threshold; "
                               "its pseudo_masks.crf.mode must be label_unary")
-
-
-def _check_clip_es(name: str, method: Mapping[str, Any]) -> None:
-    template = method["text"]["template"]
-    if template != "auto" and "{}" not in template:
-        raise ConfigError(f"methods.{name}.text.template must contain '{{}}' or be 'auto', got {template!r}")
-    layers = method["cam"]["attn_layers"]
-    if layers[0] is not None and layers[1] is not None and layers[0] >= layers[1] and layers[1] > 0:
-        raise ConfigError(f"methods.{name}.cam.attn_layers {layers} selects no block")
-
-
-def phase1_digest(name: str, method: Mapping[str, Any]) -> str | None:
-    """SHA-256 of an instance's imported phase-1 model (``phase1.checkpoint``), checked against ``phase1.sha256``."""
-    path = method["phase1"]["checkpoint"]
-    if not path:
-        return None
-    if not Path(path).is_file():
-        raise ConfigError(f"methods.{name}.phase1.checkpoint: file not found: {path}")
-    digest = file_digest(path)
-    expected = method["phase1"]["sha256"]
-    if expected and digest != expected.lower():
-        raise ConfigError(f"methods.{name}.phase1.sha256: {path} has sha256 {digest}, expected {expected}")
-    return digest
-
-
-def _check_semples(name: str, method: Mapping[str, Any], dataset_kind: str) -> None:
-    """Weights a SemPLeS instance names must exist before any job starts."""
-    weaktr, critic = method["weaktr"], method["critic"]
-    # An imported phase 1 (phase1.checkpoint, checked by phase1_digest) needs no DeiT start.
-    if weaktr["init"] == "deit" and not method["phase1"]["checkpoint"]:
-        path = weaktr["checkpoint"]
-        if not path:
-            raise ConfigError(f"methods.{name}.weaktr.checkpoint: weaktr.init 'deit' needs a local DeiT-S checkpoint "
-                              "(deit_small_patch16_224-cd65a155.pth); it is never downloaded")
-        if not Path(path).is_file():
-            raise ConfigError(f"methods.{name}.weaktr.checkpoint: file not found: {path}")
-    if critic["model"] == "demo":
-        if dataset_kind != "demo":
-            raise ConfigError(f"methods.{name}.critic.model 'demo' needs the demo world (dataset.kind demo)")
-    elif not critic.get("pretrained"):
-        raise ConfigError(f"methods.{name}.critic.pretrained is required for critic model {critic['model']!r}")
-    elif _looks_like_path(critic["pretrained"]) and not Path(critic["pretrained"]).is_file():
-        raise ConfigError(f"methods.{name}.critic.pretrained: file not found: {critic['pretrained']}")
-    if "{}" not in method["text"]["template"]:
-        raise ConfigError(f"methods.{name}.text.template must contain '{{}}', got {method['text']['template']!r}")
-
-
-def _check_excel(name: str, method: Mapping[str, Any], dataset_kind: str) -> None:
-    """The descriptor JSON or released bank an ExCEL instance names must exist (and match its sha256)."""
-    from wsss.methods import excel
-
-    try:
-        excel.descriptor_file(name, method, dataset_kind)
-        excel.bank_file(name, method)
-    except ValueError as error:
-        raise ConfigError(str(error)) from None
-    if "{}" not in method["text"]["template"]:
-        raise ConfigError(f"methods.{name}.text.template must contain '{{}}', got {method['text']['template']!r}")
-    if method["cam"]["input_size"] % 8:
-        raise ConfigError(f"methods.{name}.cam.input_size must be a multiple of the patch size")
-
-
-def _looks_like_path(text: str) -> bool:
-    """A pretrained value that names a file rather than an open_clip tag."""
-    return "/" in text or text.endswith((".pt", ".pth", ".bin", ".safetensors"))
 
 
 def code_not_run(dataset_kind: str, clip_model: str) -> tuple[str, ...]:

@@ -22,10 +22,10 @@ rule clip_es_gradcam:
         method=one_of(set(instances_of(METHODS, "clip_es")) - KEEPS_AFFINITY),
     conda:
         "../../envs/wsss.yaml"
-    threads: res("clip_es_gradcam", "threads", 8)
+    threads: threads_of("clip_es_gradcam", 8)
     resources:
         gpu=GPU,
-        mem_mb=lambda wc, attempt: res("clip_es_gradcam", "mem_mb", 8000) * attempt,
+        mem_mb=lambda wc, attempt: res("clip_es_gradcam", "mem_mb", 16000) * attempt,
         runtime=res("clip_es_gradcam", "runtime", 120),
     params:
         clip=settings(config["clip"]),
@@ -58,12 +58,15 @@ rule clip_es_caa:
         f"{OUT}/{{method}}/benchmarks/caa/{{split}}/{{shard}}.tsv"
     wildcard_constraints:
         method=one_of(instances_of(METHODS, "clip_es")),
+    # per-shard CPU step: SLURM bundles these (profiles/slurm group-components)
+    group:
+        "cam_shards"
     conda:
         "../../envs/wsss.yaml"
-    threads: res("clip_es_caa", "threads", 1)  # many shards side by side (50 per SLURM group job)
+    threads: threads_of("clip_es_caa", 1)  # many shards side by side (50 per SLURM group job)
     resources:
-        mem_mb=res("clip_es_caa", "mem_mb", 2000),
-        runtime=res("clip_es_caa", "runtime", 30),
+        mem_mb=res("clip_es_caa", "mem_mb", 4000),
+        runtime=res("clip_es_caa", "runtime", 20),
     params:
         caa=method_settings("caa"),
         hdf5=settings(config["hdf5"]),

@@ -37,10 +37,10 @@ rule excel_attribute_bank:
         bank_key=one_of(EXCEL_BANK_OWNER),
     conda:
         "../../envs/wsss.yaml"
-    threads: res("excel_attribute_bank", "threads", 2)
+    threads: threads_of("excel_attribute_bank", 2)
     resources:
         gpu=GPU,
-        mem_mb=res("excel_attribute_bank", "mem_mb", 4000),
+        mem_mb=res("excel_attribute_bank", "mem_mb", 16000),
         runtime=res("excel_attribute_bank", "runtime", 30),
     params:
         attributes=lambda wc: settings(METHODS[EXCEL_BANK_OWNER[wc.bank_key]]["attributes"]),
@@ -72,10 +72,10 @@ rule excel_cams:
         method=one_of(EXCEL),
     conda:
         "../../envs/wsss.yaml"
-    threads: res("excel_cams", "threads", 8)
+    threads: threads_of("excel_cams", 8)
     resources:
         gpu=GPU,
-        mem_mb=lambda wc, attempt: res("excel_cams", "mem_mb", 8000) * attempt,
+        mem_mb=lambda wc, attempt: res("excel_cams", "mem_mb", 16000) * attempt,
         runtime=res("excel_cams", "runtime", 120),
     params:
         clip=settings(config["clip"]),

@@ -13,6 +13,7 @@ import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from open_clip.model import CLIP, convert_weights_to_lp, set_model_preprocess_cfg
 
+from wsss.clip import looks_like_path
 from wsss.devices import default_device
 from wsss.digests import check_sha256
 
@@ -166,7 +167,7 @@ def load_clip(
     # fp16 models need LayerNormFp32 (cast to fp32 inside the norm), which is chosen at construction time
     cast_dtype = torch.float16 if precision == "fp16" else None
 
-    if pretrained is not None and (os.path.exists(pretrained) or _looks_like_path(str(pretrained))):
+    if pretrained is not None and (os.path.exists(pretrained) or looks_like_path(str(pretrained))):
         path = Path(pretrained)
         if not path.is_file():
             raise FileNotFoundError(f"CLIP weights file not found: {path}")
@@ -257,11 +258,6 @@ def _named_config(model: str | None) -> dict | None:
     if not model or ":" in model:
         return None
     return open_clip.get_model_config(model)
-
-
-def _looks_like_path(text: str) -> bool:
-    """True when a pretrained string is clearly meant as a file path rather than an open_clip tag."""
-    return os.sep in text or text.endswith((".pt", ".pth", ".bin", ".safetensors", ".ckpt"))
 
 
 def model_dtype(model: CLIP) -> torch.dtype:
