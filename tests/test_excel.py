@@ -22,6 +22,7 @@ from wsss.methods.excel.attributes import (
     owner_flags,
     read_descriptors,
 )
+from wsss.methods.excel.cams import excel_maps, input_shape
 from wsss.methods.excel.similarity import feature_surgery, normalise_features, token_minmax
 from wsss.methods.excel.surgery import layer_mix, self_correlation, surgery_forward
 from wsss.par import ParConfig, par_affinity, par_refine
@@ -85,6 +86,26 @@ def test_the_new_path_starts_at_the_first_surgery_block_and_has_no_mlp(model, im
     expected = model.visual.ln_post(new) @ model.visual.proj
     assert torch.allclose(out.features[0, 1:], expected[1:], atol=1e-5)
     assert torch.allclose(out.attention[0][0], parts.probs.mean(0), atol=1e-6), "head-mean q-k attention"
+
+
+def test_keep_aspect_keeps_the_images_shape_at_about_the_squares_pixel_count():
+    square, kept = {"input_size": 320, "resize": "square"}, {"input_size": 320, "resize": "keep_aspect"}
+    assert input_shape(375, 500, square, 16) == (320, 320)  # the reference: the aspect ratio is lost
+    assert input_shape(375, 500, kept, 16) == (272, 368)  # 17 x 23 = 391 patches against the square's 400
+    assert input_shape(500, 375, kept, 16) == (368, 272)
+    assert input_shape(8, 4000, kept, 16) == (16, 7152)  # never below one patch
+
+
+def test_the_maps_of_a_non_square_input_lie_on_its_own_patch_grid(model):
+    from wsss.methods.excel import DEFAULTS
+
+    cam = {**DEFAULTS["cam"], "surgery_blocks": 2}
+    caa = {**DEFAULTS["caa"], "attn_layers": [-2, None]}
+    text = F.normalize(torch.randn(4, 32, generator=torch.Generator().manual_seed(1)), dim=-1)
+    tensor = torch.randn(3, 32, 80, generator=torch.Generator().manual_seed(2))
+    out = excel_maps(model, tensor, text, np.array([0, 2]), cam, caa)
+    assert out["cam"].shape == out["cam_initial"].shape == (2, 2, 5)
+    assert 0 <= out["cam_initial"].min() and out["cam_initial"].max() <= 1
 
 
 def test_the_caa_mixes_plain_head_means_with_head_summed_surgery_maps():

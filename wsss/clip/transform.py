@@ -85,11 +85,17 @@ def preprocess_file(
     return preprocess_image(Image.fromarray(decode_image(path)), patch, mean, std, scale)
 
 
-def normalised_square(image: np.ndarray, size: int, mean: Sequence[float] = IMAGENET_MEAN_255,
+def normalised_resize(image: np.ndarray, size: tuple[int, int], mean: Sequence[float] = IMAGENET_MEAN_255,
                       std: Sequence[float] = IMAGENET_STD_255) -> torch.Tensor:
-    """(3, size, size): a (H, W, 3) 0-255 RGB image normalised first, then resized bilinearly without antialias
-    (the aspect ratio is not kept), as ExCEL's reference does."""
+    """(3, h, w): a (H, W, 3) 0-255 RGB image normalised first, then resized bilinearly to ``size`` without
+    antialias, as ExCEL's reference does."""
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).float()
     x = (x - torch.tensor(mean)[:, None, None]) / torch.tensor(std)[:, None, None]
-    return torch.nn.functional.interpolate(x[None], size=(size, size), mode="bilinear", align_corners=False,
+    return torch.nn.functional.interpolate(x[None], size=tuple(size), mode="bilinear", align_corners=False,
                                            antialias=False)[0]
+
+
+def normalised_square(image: np.ndarray, size: int, mean: Sequence[float] = IMAGENET_MEAN_255,
+                      std: Sequence[float] = IMAGENET_STD_255) -> torch.Tensor:
+    """(3, size, size): ``normalised_resize`` to a square (the aspect ratio is not kept)."""
+    return normalised_resize(image, (size, size), mean, std)

@@ -4,6 +4,7 @@ then CAA with ExCEL's layer mix); writes the method contract shard."""
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from wsss import cam_shards
 from wsss.clip.affinity import refine_cams, sinkhorn_affinity
 from wsss.clip.configured import load_configured_clip
 from wsss.clip.factory import patch_size
-from wsss.clip.transform import IMAGENET_MEAN_255, IMAGENET_STD_255, normalised_square
+from wsss.clip.transform import IMAGENET_MEAN_255, IMAGENET_STD_255, normalised_resize
 from wsss.datasets import read_manifest, usable_rows
 from wsss.devices import default_device
 from wsss.h5store import open_stage, set_image_order, write_stage
@@ -40,16 +41,26 @@ def enriched_text(foreground: torch.Tensor, background: torch.Tensor, bank_path:
     return torch.cat([foreground, background])
 
 
+def input_shape(height: int, width: int, cam: Mapping[str, Any], patch: int) -> tuple[int, int]:
+    """The (h, w) the image is resized to: ``cam.input_size`` squared (``resize: square``, the reference), or
+    its own aspect ratio at about as many pixels, each side a multiple of the patch size (``keep_aspect``)."""
+    size = int(cam["input_size"])
+    if cam["resize"] == "square":
+        return size, size
+    scale = size / math.sqrt(height * width)
+    return tuple(max(patch, round(side * scale / patch) * patch) for side in (height, width))
+
+
 def excel_maps(model, tensor: torch.Tensor, text: torch.Tensor, keys: np.ndarray, cam: Mapping[str, Any],
                caa: Mapping[str, Any]) -> dict[str, Any]:
-    """cam_initial and cam (K, g, g) of one (3, S, S) input for the classes ``keys``, with the counts of
-    constant maps and empty boxes."""
+    """cam_initial and cam (K, h, w) on the patch grid of one (3, H, W) input for the classes ``keys``, with the
+    counts of constant maps and empty boxes."""
     attention_blocks = -int(caa["attn_layers"][0])
     out = surgery_forward(model, tensor[None], int(cam["surgery_blocks"]), cam["head_reduce"], attention_blocks)
     features = normalise_features(out.features[0].float(), cam["feature_norm"])
     maps, constant = token_minmax(feature_surgery(features, text))
-    grid = tensor.shape[-1] // patch_size(model)
-    initial = maps[1:, torch.from_numpy(keys).to(maps.device)].t().reshape(len(keys), grid, grid).float().cpu()
+    grid = [side // patch_size(model) for side in tensor.shape[-2:]]
+    initial = maps[1:, torch.from_numpy(keys).to(maps.device)].t().reshape(len(keys), *grid).float().cpu()
     empty = np.zeros(len(keys), bool)
     refined = initial
     if caa["enabled"]:
@@ -86,7 +97,8 @@ def run_excel_cams(manifest_path: str | Path, shard: str, shard_size: int, text_
             progress(total=len(table), desc=f"ExCEL shard {shard}") as bar:
         for row in table.itertuples(index=False):
             keys = np.sort(np.asarray(row.labels, dtype=np.int64))  # ascending, as the reference
-            tensor = normalised_square(decode_image(row.image_path), int(cam["input_size"]), mean, std).to(device)
+            size = input_shape(int(row.height), int(row.width), cam, patch_size(model))
+            tensor = normalised_resize(decode_image(row.image_path), size, mean, std).to(device)
             result = excel_maps(model, tensor, text, keys, cam, caa)
             constant, empty = constant + result["constant"], empty + result["empty"]
             cam_shards.put_cams(out, row.image_id, keys, {"cam": result["cam"], "cam_initial": result["cam_initial"]},
