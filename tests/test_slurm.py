@@ -83,8 +83,11 @@ def ci_profile(directory: Path) -> Path:
     for rule_file in [*(REPO / "rules").glob("*.smk"), *(REPO / "rules").glob("*/*.smk")]:
         rules |= set(re.findall(r'res\("(\w+)", "mem_mb"', rule_file.read_text()))
     assert GPU_RULES - {"clip_es_gradcam_keep_affinity"} <= rules
-    profile["set-resources"] = {rule: {"mem_mb": 500, "runtime": 10, **({"cpus_per_gpu": 1} if rule in GPU_RULES else {})}
-                                for rule in sorted(rules | {"clip_es_gradcam_keep_affinity"})}  # a rule's copy
+    # clip_es_gradcam_keep_affinity is a copy of clip_es_gradcam (use rule ... with)
+    profile["set-resources"] = {
+        rule: {"mem_mb": 500, "runtime": 10, **({"cpus_per_gpu": 1} if rule in GPU_RULES else {})}
+        for rule in sorted(rules | {"clip_es_gradcam_keep_affinity"})
+    }
     directory.mkdir(parents=True, exist_ok=True)
     shutil.copy(source / profile["slurm-partition-config"], directory)
     (directory / "config.yaml").write_text(yaml.safe_dump(profile, sort_keys=False))

@@ -265,7 +265,8 @@ def test_rules_state_their_own_threads_and_the_slurm_profile_names_no_rule(tmp_p
         assert f'res("{name}", "mem_mb"' in block and f'res("{name}", "runtime"' in block, name
         if "gpu=GPU" in block:
             gpu_rules.add(name)
-    assert {"clip_es_gradcam", "text_features", "predict", "train_segmenter", "semples_phase1", "excel_cams"} <= gpu_rules
+    assert {"clip_es_gradcam", "text_features", "predict", "train_segmenter", "semples_phase1",
+            "excel_cams"} <= gpu_rules
     assert threads["clip_es_gradcam"] == {8} and threads["clip_es_caa"] == {1}
 
     profile_dir = REPO / "profiles" / "slurm"

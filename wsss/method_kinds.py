@@ -6,12 +6,14 @@ the shared tail (CRF, segmenter, evaluation) does the rest. Each kind is a subpa
 step, plus a rule file ``rules/methods/<kind>.smk``. A config's ``methods:`` maps instance names to a
 kind plus what differs from its defaults.
 
-Registering a kind is its line in ``KINDS``. A kind may also have a module ``checks`` with parse-time hooks,
-each optional: ``check_instance(name, settings, dataset_kind)`` raises ValueError naming the key of a setting
-that cannot work, ``instance_warnings(name, settings, native_bf16)`` returns warnings, and
-``named_files(name, settings)`` maps config keys to the files the run manifest records. The registry lives outside ``wsss/methods/`` and imports
+Registering a kind is its line in ``KINDS``. The registry lives outside ``wsss/methods/`` and imports
 the kinds by name, only when their defaults are needed (at parse time): a job that runs one kind's
 code imports no other kind, so registering or editing a kind changes no other kind's code digest.
+
+A kind may also have a module ``checks`` with parse-time hooks, each optional:
+``check_instance(name, settings, dataset_kind)`` raises ValueError naming the key of a setting that cannot
+work, ``instance_warnings(name, settings, native_bf16)`` returns warnings, and ``named_files(name, settings)``
+maps config keys to the files the run manifest records.
 """
 
 from __future__ import annotations

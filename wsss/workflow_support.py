@@ -12,9 +12,9 @@ from typing import Any
 
 import yaml
 
+from wsss.clip import looks_like_path
 from wsss.datasets import split_ids, split_source
 from wsss.digests import params_digest
-from wsss.clip import looks_like_path
 from wsss.method_kinds import kind_hook, kind_of, merged, resolve_methods
 from wsss.shards import shard_names
 
