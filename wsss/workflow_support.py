@@ -111,15 +111,18 @@ def check_instance_schemas(instances: Mapping[str, Any], schema_dir: str | Path)
     from jsonschema import Draft202012Validator
     from jsonschema.exceptions import best_match
 
+    validators: dict[str, Draft202012Validator] = {}  # one per kind
     for name, instance in instances.items():
         try:
             kind = kind_of(name, instance)
         except ValueError as error:
             raise ConfigError(str(error)) from None
         path = Path(schema_dir) / f"{kind}.schema.yaml"
-        if not path.is_file():
-            raise ConfigError(f"methods.{name}.kind: the kind {kind!r} has no schema file {path}")
-        error = best_match(Draft202012Validator(yaml.safe_load(path.read_text())).iter_errors(dict(instance)))
+        if kind not in validators:
+            if not path.is_file():
+                raise ConfigError(f"methods.{name}.kind: the kind {kind!r} has no schema file {path}")
+            validators[kind] = Draft202012Validator(yaml.safe_load(path.read_text()))
+        error = best_match(validators[kind].iter_errors(dict(instance)))
         if error is not None:
             key = ".".join(["methods", name, *(str(part) for part in error.absolute_path)])
             raise ConfigError(f"{key}: {error.message} (schema: {path.name})")
